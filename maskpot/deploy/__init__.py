@@ -1,0 +1,1 @@
+"""Deployment: TorchScript export with metadata, OpenMM forces, ASE calculator."""

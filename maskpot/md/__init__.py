@@ -1,0 +1,1 @@
+"""Molecular dynamics with learned potentials: runners, stability guard, analysis."""

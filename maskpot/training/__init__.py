@@ -1,0 +1,1 @@
+"""Training: objectives (mask, denoise, energy_force), trainer, CLI."""
