@@ -1,0 +1,84 @@
+"""Small shared helpers: atomic writes, seeding, provenance (versions, hashes)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; rename it onto ``path`` on success.
+
+    A crash or exception leaves no half-written file at ``path`` (the temporary is removed).
+    The temporary keeps the destination's suffix so that libraries that dispatch on it
+    (``np.savez``, ``torch.jit.save``, ``ase.io.write``) behave as for the real name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    """Write JSON (indented, sorted keys) atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def versions() -> Dict[str, str]:
+    """Versions of maskpot and its main dependencies, for provenance files."""
+    import maskpot
+
+    out = {"maskpot": maskpot.__version__, "python": platform.python_version()}
+    for name in ("torch", "numpy", "ase", "openmm", "mdtraj"):
+        try:
+            mod = __import__(name)
+            out[name] = str(getattr(mod, "__version__", getattr(mod, "version", "unknown")))
+        except Exception:  # pragma: no cover - optional at provenance time
+            out[name] = "not installed"
+    return out
+
+
+def hash_arrays(*arrays: np.ndarray) -> str:
+    """SHA-256 (first 16 hex digits) over the bytes of arrays: a data fingerprint."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
