@@ -25,9 +25,14 @@ Units and conventions of the output (see :func:`save_tip3p_npz`)
     liquid diffuses; wrap them (per molecule) if a consumer needs them inside the cell.
 
 Reproducibility
-    The same seed gives bit-identical data on the same platform with the same thread count
-    (lattice, orientations, initial velocities and the Langevin noise are all seeded). Different
-    platforms (Reference double vs CPU single/mixed precision) give different trajectories.
+    Everything random is seeded: lattice sites, orientations, initial velocities and the
+    Langevin noise (OpenMM seeds derived from the user seed; OpenMM reads 0 as "random", so the
+    user seed is never passed through as is). The Reference platform is bit-reproducible. The CPU
+    platform is bit-reproducible only with ``deterministic=True`` (one thread plus
+    ``DeterministicForces``): with several threads the last bits of the force sums vary between
+    runs (measured with OpenMM 8.6.1, even with ``DeterministicForces``) and MD amplifies them,
+    so runs are statistically, not bitwise, equivalent. Different platforms give different
+    trajectories.
 """
 
 from __future__ import annotations
@@ -45,7 +50,11 @@ from maskpot.utils import PathLike, atomic_path
 
 # Keys of the maskpot npz written by ``save_tip3p_npz`` (shared with ``maskpot.data.io``).
 NPZ_KEYS = ("positions", "numbers", "cell", "pbc", "energy", "forces", "molecule", "units", "metadata")
-UNITS = "angstrom,eV,eV/angstrom"
+# "<length>,<energy>", the form ``maskpot.data.io.parse_units`` reads (forces are energy/length,
+# i.e. eV/Å); a third field would make that reader reject the file.
+UNITS = "angstrom,eV"
+# Format tag, as written by ``maskpot.data.io.write_npz``.
+NPZ_FORMAT = "maskpot-npz-1"
 
 DEFAULT_FORCEFIELD = "tip3p.xml"
 # Closest allowed lattice spacing of the initial oxygens, Å. Below it, randomly oriented
@@ -244,7 +253,10 @@ def select_platform(name: Optional[str] = None):
     raise ValueError(f"platform={name!r} is not available; available OpenMM platforms: {names}")
 
 
-def _platform_properties(platform, threads: Optional[int], precision: Optional[str]) -> Dict[str, str]:
+def _platform_properties(
+    platform, threads: Optional[int], precision: Optional[str], deterministic: bool = False
+) -> Dict[str, str]:
+    """OpenMM platform properties for the requested threads / precision / determinism."""
     props: Dict[str, str] = {}
     pname = platform.getName()
     if threads is not None:
@@ -252,6 +264,14 @@ def _platform_properties(platform, threads: Optional[int], precision: Optional[s
         if pname != "CPU":
             raise ValueError(f"threads={threads} only applies to the CPU platform, not {pname}")
         props["Threads"] = str(threads)
+    if deterministic and pname == "CPU":
+        # Measured with OpenMM 8.6: multithreaded CPU force sums are not bit-reproducible even
+        # with DeterministicForces, and MD amplifies the last-bit differences; one thread is.
+        if threads not in (None, 1):
+            raise ValueError(f"deterministic=True on the CPU platform needs threads=1, got threads={threads}")
+        props.update(Threads="1", DeterministicForces="true")
+    elif deterministic and pname in ("CUDA", "HIP"):
+        props["DeterministicForces"] = "true"
     if precision is not None:
         if pname not in ("CUDA", "OpenCL", "HIP"):
             raise ValueError(f"precision={precision!r} only applies to CUDA/OpenCL/HIP, not {pname}")
@@ -329,24 +349,6 @@ def _run_one_seed(
         raise RuntimeError(f"seed {seed}: energy minimisation gave a non-finite energy ({e_min})")
     context.setVelocitiesToTemperature(temperature * unit.kelvin, velocity_seed)
 
-    bar = tqdm(
-        total=equilibration_steps + n_frames * every,
-        desc=f"tip3p seed {seed}",
-        unit="step",
-        disable=not progress,
-        leave=False,
-    )
-    t0 = time.perf_counter()
-    done = 0
-    # Equilibrate in chunks so that the progress bar moves.
-    chunk = max(every, 500)
-    while done < equilibration_steps:
-        n = min(chunk, equilibration_steps - done)
-        integrator.step(n)
-        done += n
-        bar.update(n)
-    t_eq = time.perf_counter() - t0
-
     n_atoms = 3 * n_molecules
     out = {
         "positions": np.empty((n_frames, n_atoms, 3)),
@@ -354,20 +356,38 @@ def _run_one_seed(
         "forces": np.empty((n_frames, n_atoms, 3)),
         "cell": np.empty((n_frames, 3, 3)),
     }
-    t1 = time.perf_counter()
-    for i in range(n_frames):
-        integrator.step(every)
-        state = context.getState(getPositions=True, getForces=True, getEnergy=True, enforcePeriodicBox=False)
-        pos, energy, forces, cell = state_arrays(state, ev_per_kjmol)
-        if not (math.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(pos).all()):
-            raise RuntimeError(
-                f"seed {seed}: the simulation blew up at frame {i} (energy {energy} eV); "
-                f"try a smaller timestep (now {timestep} fs)"
-            )
-        out["positions"][i], out["energy"][i], out["forces"][i], out["cell"][i] = pos, energy, forces, cell
-        bar.update(every)
-    t_prod = time.perf_counter() - t1
-    bar.close()
+    with tqdm(
+        total=equilibration_steps + n_frames * every,
+        desc=f"tip3p seed {seed}",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        t0 = time.perf_counter()
+        done = 0
+        # Equilibrate in chunks so that the progress bar moves.
+        chunk = max(every, 500)
+        while done < equilibration_steps:
+            n = min(chunk, equilibration_steps - done)
+            integrator.step(n)
+            done += n
+            bar.update(n)
+        t_eq = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        for i in range(n_frames):
+            integrator.step(every)
+            # enforcePeriodicBox=False: positions as integrated, so molecules stay whole.
+            state = context.getState(getPositions=True, getForces=True, getEnergy=True, enforcePeriodicBox=False)
+            pos, energy, forces, cell = state_arrays(state, ev_per_kjmol)
+            if not (math.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(pos).all()):
+                raise RuntimeError(
+                    f"seed {seed}: the simulation blew up at frame {i} (energy {energy} eV); "
+                    f"try a smaller timestep (now {timestep} fs)"
+                )
+            out["positions"][i], out["energy"][i], out["forces"][i], out["cell"][i] = pos, energy, forces, cell
+            bar.update(every)
+        t_prod = time.perf_counter() - t1
     info = {
         "seed": int(seed),
         "integrator_seed": integrator_seed,
@@ -410,6 +430,7 @@ def generate_tip3p(
     forcefield: str = DEFAULT_FORCEFIELD,
     threads: Optional[int] = None,
     precision: Optional[str] = None,
+    deterministic: bool = False,
     ewald_error_tolerance: float = 5e-4,
     minimize_tolerance: float = 10.0,
     minimize_iterations: int = 5000,
@@ -438,6 +459,9 @@ def generate_tip3p(
         forcefield: OpenMM force-field XML file (default ``tip3p.xml``).
         threads: CPU-platform thread count (fix it for reproducible CPU runs).
         precision: CUDA/OpenCL precision ("single", "mixed", "double").
+        deterministic: make the run bit-reproducible on CPU (one thread, DeterministicForces)
+            and CUDA (DeterministicForces). Reference is always reproducible; multithreaded CPU
+            runs are not (the last bits of force sums vary and MD amplifies them).
         ewald_error_tolerance: PME accuracy.
         minimize_tolerance: minimiser RMS-force tolerance, kJ/mol/nm.
         minimize_iterations: minimiser iteration cap (0: until converged).
@@ -475,7 +499,7 @@ def generate_tip3p(
     cutoff = validate_box(n_molecules, box, cutoff)
 
     plat = select_platform(platform)
-    props = _platform_properties(plat, threads, precision)
+    props = _platform_properties(plat, threads, precision, deterministic)
     topology, system = water_system(n_molecules, box, cutoff, rigid, forcefield, ewald_error_tolerance)
     ev = kj_per_mol_to_ev()
 
@@ -504,6 +528,7 @@ def generate_tip3p(
         "forcefield": forcefield,
         "platform": plat.getName(),
         "requested_platform_properties": props,
+        "deterministic": bool(deterministic) or plat.getName() == "Reference",
         "openmm_version": openmm.__version__,
         "seeds": seeds,
         "frame_interval_ps": every * timestep / 1000.0,
@@ -594,17 +619,19 @@ def save_tip3p_npz(path: PathLike, data: Mapping[str, Any], dtype: Union[str, np
 
     Keys: ``positions`` [F,N,3] Å, ``numbers`` [N] int64, ``cell`` [F,3,3] Å, ``pbc`` [3] bool,
     ``energy`` [F] eV, ``forces`` [F,N,3] eV/Å, ``molecule`` [N] int64, ``trajectory`` [F]
-    int64, ``units`` ("angstrom,eV,eV/angstrom") and ``metadata`` (JSON string). Strings are
-    stored as 0-d unicode arrays, so ``np.load`` needs no pickle: ``str(z["metadata"])``.
+    int64 (index into ``metadata["seeds"]``), ``units`` ("angstrom,eV": length, energy; forces
+    in energy/length) and ``metadata`` (JSON string). The layout is the one
+    ``maskpot.data.io.read_npz`` reads. Strings are stored as 0-d unicode arrays, so
+    ``np.load`` needs no pickle: ``json.loads(str(z["metadata"]))``.
 
     Args:
         path: output file (``.npz``); the file only appears once completely written.
         data: the dict returned by :func:`generate_tip3p`.
         dtype: floating dtype for positions, cell, energy, forces.
     """
+    from maskpot.utils import hash_arrays, versions
+
     dtype = np.dtype(dtype)
-    meta = data["metadata"]
-    meta_str = meta if isinstance(meta, str) else json.dumps(meta, sort_keys=True, default=str)
     arrays = {
         "positions": np.asarray(data["positions"], dtype=dtype),
         "numbers": np.asarray(data["numbers"], dtype=np.int64),
@@ -613,13 +640,25 @@ def save_tip3p_npz(path: PathLike, data: Mapping[str, Any], dtype: Union[str, np
         "energy": np.asarray(data["energy"], dtype=dtype),
         "forces": np.asarray(data["forces"], dtype=dtype),
         "molecule": np.asarray(data["molecule"], dtype=np.int64),
-        "units": np.array(str(data.get("units", UNITS))),
-        "metadata": np.array(meta_str),
     }
     if "trajectory" in data:
         arrays["trajectory"] = np.asarray(data["trajectory"], dtype=np.int64)
+    meta = data["metadata"]
+    meta = dict(json.loads(meta) if isinstance(meta, str) else meta)
+    # Same provenance fields as maskpot.data.io.write_npz (hash over the arrays sorted by key).
+    meta.update(
+        format=NPZ_FORMAT,
+        n_frames=int(arrays["positions"].shape[0]),
+        data_hash=hash_arrays(*(arrays[k] for k in sorted(arrays))),
+        versions=versions(),
+        stored_dtype=str(dtype),
+    )
+    arrays["units"] = np.array(str(data.get("units", UNITS)))
+    arrays["metadata"] = np.array(json.dumps(meta, sort_keys=True, default=str))
     with atomic_path(path) as tmp:
-        np.savez(tmp, **arrays)
+        # Through a file handle so numpy never appends ".npz" to the temporary name.
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
 
 
 def partial_path(output: PathLike) -> Path:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Second CI environment: a real openmm-torch TorchForce in a real OpenMM Context.
+#
+# openmm-torch wheels are built against one specific torch, so this environment pins the
+# combination known to work (see pyproject extra "openmm-torch") and runs only the tests
+# marked ``openmm_torch``. Called from .ci/run; usable on its own:
+#
+#   bash .ci/openmm_torch_env.sh            # create/update .venv-omt, run the tests
+#   OMT_VENV=/tmp/omt bash .ci/openmm_torch_env.sh
+#
+# Environment:
+#   OMT_VENV     where to create the venv (default: <repo>/.venv-omt)
+#   OMT_PYTHON   interpreter used to create it (default: python3)
+#   OMT_SKIP_INSTALL=1   reuse an existing venv as is
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${OMT_VENV:-$ROOT/.venv-omt}"
+PY="${OMT_PYTHON:-python3}"
+
+TORCH_VERSION="2.9.0"
+OPENMM_VERSION="8.6.1"
+OPENMMTORCH_VERSION="1.5"   # PyPI name: openmmtorch (there is no "openmm-torch" on PyPI)
+
+cd "$ROOT"
+if [[ "${OMT_SKIP_INSTALL:-0}" != "1" ]]; then
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        "$PY" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q \
+        "torch==$TORCH_VERSION" "openmm==$OPENMM_VERSION" "openmmtorch==$OPENMMTORCH_VERSION"
+    # maskpot itself without letting pip touch the pinned torch/openmm, then its light deps.
+    "$VENV/bin/python" -m pip install -q -e ".[test]" --no-deps
+    "$VENV/bin/python" -m pip install -q "numpy>=1.24" "ase>=3.23" "mdtraj>=1.10" "tqdm>=4.60" \
+        "pyyaml>=6.0" "pytest>=7"
+fi
+
+# Fail loudly (not skip) when the TorchForce plugin cannot be loaded in this environment.
+"$VENV/bin/python" - <<'PY'
+import torch, openmm, openmmtorch
+print(f"openmm-torch env: torch {torch.__version__}, openmm {openmm.__version__}, "
+      f"openmmtorch {getattr(openmmtorch, '__version__', '?')}")
+PY
+MASKPOT_REQUIRE_OPENMM_TORCH=1 "$VENV/bin/python" -m pytest -m openmm_torch tests/deploy -q "$@"
