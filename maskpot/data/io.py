@@ -195,22 +195,27 @@ def read_xyz(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if isinstance(index, slice) or isinstance(index, (int, np.integer)):
-        ase_index: Any = index
-    else:
-        ase_index = ":"
+    # Let ase read only what is asked for when the frame numbers are known without the length
+    # of the file (non-negative int or forward slice); otherwise read all, then select.
+    simple_int = isinstance(index, (int, np.integer)) and int(index) >= 0
+    simple_slice = isinstance(index, slice) and all(v is None or v >= 0 for v in (index.start, index.stop)) and (
+        index.step is None or index.step > 0
+    )
+    ase_index: Any = int(index) if simple_int else index if simple_slice else ":"
     try:
         images = ase.io.read(path, index=ase_index, format="extxyz")
     except Exception as exc:  # ase raises many types; re-raise with the file named
         raise DataValidationError(path, "<extxyz>", f"expected a valid extended XYZ file, found: {exc}") from exc
     if not isinstance(images, list):
         images = [images]
-    frames = np.arange(len(images))
-    if index is not None and not isinstance(index, (slice, int, np.integer)):
+    if simple_int:
+        frames = np.array([int(index)])
+    elif simple_slice:
+        start, step = index.start or 0, index.step or 1
+        frames = start + step * np.arange(len(images))
+    else:
         frames = _select(len(images), index, path)
         images = [images[i] for i in frames]
-    elif isinstance(index, (int, np.integer)):
-        frames = np.array([int(index)])
 
     samples = []
     for frame, atoms in zip(frames.tolist(), images):

@@ -49,7 +49,7 @@ def composition_matrix(samples: Sequence[Sample], species: Sequence[int]) -> np.
 
 
 def fit_species_energies(
-    samples: Sequence[Sample], species: Optional[Sequence[int]] = None, ridge: float = 1e-10
+    samples: Sequence[Sample], species: Optional[Sequence[int]] = None, ridge: float = 1e-12
 ) -> Dict[int, float]:
     """Per-species reference energies E0 (eV) with ``E_frame ≈ Σ_atoms E0[Z]``, by least squares.
 
@@ -169,7 +169,7 @@ def compute_statistics(
     species: Optional[Sequence[int]] = None,
     cutoff: Optional[float] = None,
     max_frames_neighbors: Optional[int] = 100,
-    ridge: float = 1e-10,
+    ridge: float = 1e-12,
 ) -> DatasetStatistics:
     """All statistics at once (E0 by :func:`fit_species_energies`; neighbours if ``cutoff``)."""
     sp = _species(samples, species).tolist()

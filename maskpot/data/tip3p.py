@@ -16,6 +16,8 @@ Force field
     terms, so ``createSystem(rigidWater=False, constraints=None)`` gives flexible TIP3P. With
     ``rigid=True`` the same file gives rigid TIP3P (``rigidWater=True``: SETTLE). The stored
     forces are always the force-field forces (no constraint forces), as in GAMD.
+    ``amber14/tip3p.xml`` carries the same water terms (plus ion parameters) and also works;
+    :func:`water_system` refuses a force field that would leave flexible water without them.
 
 Units and conventions of the output (see :func:`save_tip3p_npz`)
     positions Å, energy eV, forces eV/Å, cell Å (rows are lattice vectors). Conversions use
@@ -39,10 +41,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -211,7 +212,6 @@ def water_system(
         forcefield: OpenMM force-field XML (must define HOH with bond and angle terms).
         ewald_error_tolerance: PME accuracy (OpenMM's ``ewaldErrorTolerance``).
     """
-    import openmm
     from openmm import app, unit
 
     cutoff = validate_box(n_molecules, box, cutoff)
@@ -235,7 +235,6 @@ def water_system(
                 f"forcefield={forcefield!r} does not give flexible water (missing {sorted(missing)}, "
                 f"{system.getNumConstraints()} constraints); use 'tip3p.xml'"
             )
-    assert isinstance(system, openmm.System)
     return topology, system
 
 
@@ -588,24 +587,35 @@ def generate_tip3p(
     }
 
 
-def _write_checkpoint(path: Path, metadata: Mapping[str, Any], done: Mapping[int, Mapping[str, np.ndarray]],
-                      seed_info: Mapping[int, Any]) -> None:
+def _write_checkpoint(
+    path: Path,
+    metadata: Mapping[str, Any],
+    done: Mapping[int, Mapping[str, np.ndarray]],
+    seed_info: Mapping[int, Any],
+) -> None:
+    """Atomically write the finished seeds (arrays + the parameters they were made with)."""
     arrays: Dict[str, np.ndarray] = {}
     for s, out in done.items():
         for k, v in out.items():
             arrays[f"seed{s}_{k}"] = v
-    meta = {"params": _params_key(metadata), "seeds_done": sorted(done), "seed_info": {str(k): v for k, v in seed_info.items()}}
+    meta = {
+        "params": _params_key(metadata),
+        "seeds_done": sorted(done),
+        "seed_info": {str(k): v for k, v in seed_info.items()},
+    }
     with atomic_path(path) as tmp:
-        np.savez(tmp, checkpoint_metadata=np.array(json.dumps(meta, default=str)), **arrays)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, checkpoint_metadata=np.array(json.dumps(meta, default=str)), **arrays)
 
 
 def _load_checkpoint(path: Path, metadata: Mapping[str, Any]):
-    with np.load(path) as z:
+    """Finished seeds from a checkpoint; refuses one made with other parameters."""
+    with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["checkpoint_metadata"]))
         if meta["params"] != json.loads(json.dumps(_params_key(metadata), default=str)):
             raise ValueError(
                 f"checkpoint {path} was written with different parameters {meta['params']}; "
-                f"delete it (or pass resume=False / --no-resume) to start over"
+                f"delete it (maskpot-generate: --no-resume) to start over"
             )
         done, info = {}, {}
         for s in meta["seeds_done"]:

@@ -198,8 +198,9 @@ class SpeciesEmbedding(nn.Module):
 
     def species_index(self, numbers: Tensor) -> Tensor:
         """Species index [N] of atomic numbers [N]; ValueError for numbers not in ``species``."""
-        outside = (numbers < 0) | (numbers > MAX_Z)
-        idx = self.z_to_index[numbers.clamp(0, MAX_Z)]
+        max_z = self.z_to_index.shape[0] - 1
+        outside = (numbers < 0) | (numbers > max_z)
+        idx = self.z_to_index[numbers.clamp(0, max_z)]
         bad = outside | (idx < 0)
         if bool(bad.any()):
             unknown: List[int] = torch.unique(numbers[bad]).tolist()
@@ -243,6 +244,8 @@ class PotentialBase(nn.Module):
 
     Subclasses set ``kind`` and implement ``forward(data) -> Dict[str, Tensor]``.
     """
+
+    __constants__ = ["vector_head"]
 
     def __init__(
         self,

@@ -48,7 +48,8 @@ DEFAULTS: Dict[str, Any] = {
         "format": None,  # None: detected from the path
         "test_path": None,  # optional separate test file (e.g. rMD17 test_01); then splits.test must be 0
         "test_format": None,
-        "splits": {"train": 0.8, "val": 0.1, "test": 0.1},  # fractions (floats) or counts (ints)
+        # fractions (floats) or counts (ints); missing entries are 0; null = 0.8 / 0.1 / 0.1
+        "splits": None,
         "split_file": None,  # default: <output.dir>/splits.npz (reused when it exists)
         "seed": 0,
     },
@@ -136,6 +137,7 @@ _NULLABLE = {
     "data.test_path",
     "data.test_format",
     "data.split_file",
+    "data.splits",
     "train.eval_batch_size",
     "train.grad_clip",
     "train.max_steps",
@@ -225,7 +227,8 @@ def _check_section(cfg: Mapping[str, Any], defaults: Mapping[str, Any], prefix: 
                 raise ConfigError(f"{source}: key '{dotted}' must be a mapping, found {type(value).__name__}")
             continue
         if dotted == "data.splits":
-            _check_splits(value, dotted, source)
+            if value is not None:
+                _check_splits(value, dotted, source)
             continue
         if isinstance(defaults[key], Mapping):
             if not isinstance(value, Mapping):
@@ -278,7 +281,7 @@ def validate_config(cfg: Dict[str, Any], source: str = "<config>") -> Dict[str, 
         raise ConfigError(f"{source}: key 'train.max_steps' must be >= 1 or null, found {t['max_steps']}")
     if not 0.0 < t["plateau_factor"] < 1.0:
         raise ConfigError(f"{source}: key 'train.plateau_factor' must be in (0, 1), found {t['plateau_factor']}")
-    if cfg["data"]["test_path"] and cfg["data"]["splits"].get("test", 0):
+    if cfg["data"]["test_path"] and (cfg["data"]["splits"] or {}).get("test", 0):
         raise ConfigError(
             f"{source}: key 'data.splits.test' must be 0 when 'data.test_path' is set (the test set is that file)"
         )

@@ -75,7 +75,7 @@ class MetricsLogger:
 
         path = Path(path) if path is not None else self.dir / "learning_curve.png"
         epochs = [r["epoch"] for r in self.rows]
-        metric_keys = [k for k in ("val_forces_mae", "val_energy_mae_per_atom", "val_cosine") if k in self.rows[-1]]
+        metric_keys = [k for k in ("val_force_mae_meV_per_A", "val_energy_mae_meV_per_atom", "val_mean_cosine", "val_vector_rmse") if k in self.rows[-1]]
         n = 2 + bool(metric_keys)
         fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4))
         ax = axes[0]

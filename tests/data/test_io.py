@@ -1,6 +1,5 @@
 """Readers and writers: real reference files, unit conversion, round trips, water molecules."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from maskpot.data.io import (
     read_xyz,
     write_dataset,
     write_npz,
-    write_xyz,
 )
 from maskpot.data.molecules import assign_water_molecules, minimum_image
 from maskpot.data.sample import Sample, collate
@@ -232,6 +230,10 @@ def test_xyz_custom_keys_and_molecule(tmp_path):
     assert s[0].energy == -14.5
     np.testing.assert_allclose(s[0].forces, 1.0)
     np.testing.assert_array_equal(s[0].molecule, [0, 0, 0])
+    # Frame numbers stay those of the file whatever the selection.
+    ase.io.write(tmp_path / "many.xyz", [atoms] * 6, format="extxyz")
+    for index, frames in [(slice(2, 6, 2), [2, 4]), (-1, [5]), (slice(-2, None), [4, 5]), ([3, 0], [3, 0]), (4, [4])]:
+        assert [x.info["frame"] for x in read_xyz(tmp_path / "many.xyz", index=index)] == frames
     # Without the custom keys there are no labels (never guessed).
     plain = read_xyz(tmp_path / "w.xyz")
     assert plain[0].energy is None and plain[0].forces is None

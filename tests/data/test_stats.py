@@ -32,10 +32,10 @@ def test_e0_two_compositions():
     assert set(e0) == {1, 8}
     for z, v in E0_TRUE.items():
         assert e0[z] == pytest.approx(v, abs=0.01)
-    # Exact data: exact recovery (the ridge does not bias a well-posed fit).
+    # Exact data: recovery to << 1 meV (the tiny ridge does not visibly bias a well-posed fit).
     e0 = fit_species_energies(_frames([(1, 2), (2, 2), (3, 8)], rng))
     for z, v in E0_TRUE.items():
-        assert e0[z] == pytest.approx(v, abs=1e-6)
+        assert e0[z] == pytest.approx(v, abs=1e-5)
     # Extra species not in the data get 0; energy-less frames are ignored.
     unlabelled = Sample(positions=np.zeros((1, 3)), numbers=[8])
     e0 = fit_species_energies(_frames([(1, 2), (2, 2)], rng) + [unlabelled], species=[1, 6, 8])

@@ -150,12 +150,28 @@ def test_cpu_deterministic_is_reproducible():
         (dict(n_molecules=16, box=8.0, seed=-1), "seed"),
         (dict(n_molecules=16, box=8.0, platform="NoSuchPlatform"), "NoSuchPlatform"),
         (dict(n_molecules=16, box=8.0, platform="Reference", threads=2), "threads"),
-        (dict(n_molecules=16, box=8.0, forcefield="amber14/tip3p.xml"), "flexible"),
     ],
 )
 def test_validation_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tip3p.generate_tip3p(progress=False, **kwargs)
+
+
+def test_forcefield_without_flexible_terms_is_refused(tmp_path: Path):
+    """A water model with no bond/angle terms would fly apart when rigid=False: refuse it."""
+    import os
+    import re
+
+    from openmm import app
+
+    xml = Path(os.path.dirname(app.__file__), "data", "tip3p.xml").read_text()
+    xml = re.sub(r"<Harmonic(Bond|Angle)Force>.*?</Harmonic(Bond|Angle)Force>", "", xml, flags=re.S)
+    ff = tmp_path / "tip3p_no_bonds.xml"
+    ff.write_text(xml)
+    with pytest.raises(ValueError, match="does not give flexible water"):
+        tip3p.water_system(16, 8.0, 3.5, rigid=False, forcefield=str(ff))
+    # amber14's TIP3P carries the same flexible terms (and ion parameters).
+    tip3p.water_system(16, 8.0, 3.5, rigid=False, forcefield="amber14/tip3p.xml")
 
 
 def test_default_cutoff():

@@ -1,0 +1,491 @@
+"""Pretraining transforms: pure functions ``Sample -> (model-input Sample, per-atom targets)``.
+
+Every transform is a callable object::
+
+    new_sample, extras = transform(sample, rng)
+
+* ``sample`` is never modified (all outputs are fresh copies);
+* ``new_sample`` holds *only model inputs*: a masked atom is removed from it entirely (no
+  placeholder), clean positions are never stored in it, and ``energy`` / ``forces`` are dropped
+  (``None``) by the pretraining transforms because they describe the original, unperturbed
+  system;
+* ``extras`` maps a key to one array per atom of ``new_sample`` (leading dimension
+  ``new_sample.n_atoms``), ready for ``collate(samples, extra={key: [arrays...]})``:
+
+  ==================  ==============  =====================================================
+  key                 shape / dtype   meaning
+  ==================  ==============  =====================================================
+  ``mask``            [N'] float32    1 for atoms flagged as neighbours of a removed atom
+                                      (a model *input*, see ``maskpot.data.sample``)
+  ``target_vectors``  [N', 3] float64 target for the model's per-atom vector output
+                                      (unit vectors for masking, Å for denoising); zeros
+                                      where ``target_weight`` is 0
+  ``target_weight``   [N'] float32    per-atom loss weight (0 = not part of the loss)
+  ==================  ==============  =====================================================
+
+``Identity`` (fine-tuning) returns an empty extras dict.
+
+Randomness comes only from the ``rng`` argument (``np.random.Generator``): the same generator
+state gives the same output, and a dataset that draws from a per-epoch generator gets a new
+masking every epoch (the paper redraws masks every time a frame is seen).
+
+Masking protocol (Zhang, Li, Barati Farimani, AIP Advances 14, 095023 (2024); reference code
+StevenZhang904/Masked_Pretrain, ``dataset/dataset_water.py``): in each frame a fraction
+``ratio`` of the water molecules is chosen; in each chosen molecule one of the two H atoms is
+removed at random; the remaining O and H of that molecule are flagged and must predict the
+direction (unit vector, minimum image) from themselves to the removed H.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from maskpot.data.sample import Sample
+
+__all__ = [
+    "MASK_KEY",
+    "TARGET_VECTORS_KEY",
+    "TARGET_WEIGHT_KEY",
+    "EXTRA_KEYS",
+    "TRANSFORM_CONFIG_KEYS",
+    "Transform",
+    "Identity",
+    "MaskWater",
+    "MaskElements",
+    "Denoise",
+    "build_transform",
+    "parse_elements",
+]
+
+MASK_KEY = "mask"
+TARGET_VECTORS_KEY = "target_vectors"
+TARGET_WEIGHT_KEY = "target_weight"
+#: Keys of the extras dict returned by the pretraining transforms.
+EXTRA_KEYS: Tuple[str, ...] = (MASK_KEY, TARGET_VECTORS_KEY, TARGET_WEIGHT_KEY)
+
+#: Config keys read by :func:`build_transform`.
+TRANSFORM_CONFIG_KEYS: Tuple[str, ...] = ("mask_ratio", "mask_elements", "mask_radius", "noise_sigma", "denoise_target")
+
+_Z_O, _Z_H = 8, 1
+# Below this length (Å) a displacement has no direction.
+_MIN_LENGTH = 1e-8
+# Rows processed at once in the nearest-removed-atom search (bounds the [chunk, n_removed, 3] array).
+_CHUNK_ELEMENTS = 4_000_000
+
+Extras = Dict[str, np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _frame_name(sample: Sample) -> str:
+    """``'<source> [frame k]'`` from ``sample.info`` (for error messages)."""
+    info = sample.info or {}
+    src = info.get("source", "<sample>")
+    frame = info.get("frame", info.get("index", "?"))
+    return f"{src} [frame {frame}]"
+
+
+def _rng(rng: Optional[np.random.Generator]) -> np.random.Generator:
+    if rng is None:
+        return np.random.default_rng()
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+def _minimum_image(vectors: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Minimum-image displacement (Å) through fractional coordinates (triclinic-safe)."""
+    from maskpot.data.molecules import minimum_image
+
+    return minimum_image(vectors, cell, pbc)
+
+
+def _unit(vectors: np.ndarray, what: str, sample: Sample) -> np.ndarray:
+    norm = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    if vectors.size and float(norm.min()) < _MIN_LENGTH:
+        raise ValueError(f"{_frame_name(sample)}: {what}: two atoms coincide, the target direction is undefined")
+    return vectors / norm
+
+
+def _check_ratio(ratio: float, name: str) -> float:
+    r = float(ratio)
+    if not (0.0 < r <= 1.0) or math.isnan(r):
+        raise ValueError(f"{name}: expected a ratio in (0, 1], got {ratio!r}")
+    return r
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def parse_elements(elements: Union[int, str, Iterable[Union[int, str]]], key: str = "mask_elements") -> Tuple[int, ...]:
+    """Atomic numbers from ints or chemical symbols (``(1,)``, ``["H", "O"]``, ``"H"``)."""
+    from ase.data import atomic_numbers
+
+    if isinstance(elements, (int, np.integer, str)):
+        elements = [elements]
+    out = []
+    for e in elements:
+        if isinstance(e, (int, np.integer)) and not isinstance(e, bool) and 1 <= int(e) <= 118:
+            out.append(int(e))
+        elif isinstance(e, str) and e in atomic_numbers and atomic_numbers[e] > 0:
+            out.append(int(atomic_numbers[e]))
+        elif isinstance(e, str) and e.isdigit() and 1 <= int(e) <= 118:
+            out.append(int(e))
+        else:
+            raise ValueError(f"{key}: expected atomic numbers or chemical symbols, got {e!r}")
+    if not out:
+        raise ValueError(f"{key}: expected at least one element, got an empty list")
+    return tuple(sorted(set(out)))
+
+
+def _masking_extras(n: int, flagged: np.ndarray, vectors: np.ndarray) -> Extras:
+    """Extras arrays for ``n`` atoms with unit ``vectors`` on the ``flagged`` indices."""
+    mask = np.zeros(n, dtype=np.float32)
+    mask[flagged] = 1.0
+    target = np.zeros((n, 3), dtype=np.float64)
+    target[flagged] = vectors
+    return {MASK_KEY: mask, TARGET_VECTORS_KEY: target, TARGET_WEIGHT_KEY: mask.copy()}
+
+
+# --------------------------------------------------------------------------------------------
+# transforms
+# --------------------------------------------------------------------------------------------
+class Transform:
+    """Base class: ``__call__(sample, rng) -> (Sample, extras)``; never mutates ``sample``."""
+
+    #: Keys of the extras dict this transform returns (empty for Identity).
+    extra_keys: Tuple[str, ...] = EXTRA_KEYS
+
+    def __call__(self, sample: Sample, rng: Optional[np.random.Generator] = None) -> Tuple[Sample, Extras]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class Identity(Transform):
+    """Fine-tuning: returns a copy of the sample (energy/forces kept) and no extras."""
+
+    extra_keys: Tuple[str, ...] = ()
+
+    def __call__(self, sample: Sample, rng: Optional[np.random.Generator] = None) -> Tuple[Sample, Extras]:
+        return sample.copy(), {}
+
+
+class MaskWater(Transform):
+    """The paper's water masking: remove one H from ``round(ratio * n_water)`` molecules.
+
+    Per call (i.e. redrawn every time the frame is used):
+
+    1. water molecules are identified from ``sample.molecule`` when present (each molecule must
+       be exactly one O and two H, every O-H within ``max_oh`` Å under minimum image), else from
+       O-H distances (:func:`maskpot.data.molecules.assign_water_molecules`, PBC-aware);
+    2. ``k = max(min_masked, floor(ratio * n_water + 0.5))`` molecules are drawn without
+       replacement (``k`` capped at ``n_water``; ``min_masked=1`` by default so that a small
+       frame always contributes a target);
+    3. in each drawn molecule one of its two H atoms is chosen with probability 1/2 and removed
+       from the sample;
+    4. the molecule's remaining O and H get ``mask = 1`` and ``target_weight = 1``; their target
+       is the unit vector from the atom to the removed H, minimum image under PBC (fractional
+       coordinates, so triclinic cells are handled).
+
+    The returned sample keeps atom order (minus the removed atoms), cell, pbc, info and the
+    molecule index, and has ``energy = forces = None``.
+
+    Raises:
+        ValueError: when water molecules cannot be identified in the frame; the message names
+            the frame (``info['source']`` and ``info['frame']``) and the problem.
+    """
+
+    def __init__(self, ratio: float = 0.5, min_masked: int = 1, max_oh: float = 1.3) -> None:
+        self.ratio = _check_ratio(ratio, "MaskWater ratio")
+        if int(min_masked) < 0:
+            raise ValueError(f"MaskWater min_masked: expected >= 0, got {min_masked!r}")
+        self.min_masked = int(min_masked)
+        if not float(max_oh) > 0:
+            raise ValueError(f"MaskWater max_oh: expected > 0 Å, got {max_oh!r}")
+        self.max_oh = float(max_oh)
+
+    def n_masked(self, n_water: int) -> int:
+        """Number of molecules masked in a frame with ``n_water`` molecules."""
+        if n_water <= 0:
+            return 0
+        return min(n_water, max(self.min_masked, _round_half_up(self.ratio * n_water)))
+
+    def water_triples(self, sample: Sample) -> np.ndarray:
+        """[n_water, 3] atom indices (O, H, H) of every molecule, ordered by molecule index."""
+        name = _frame_name(sample)
+        z = sample.numbers
+        if sample.n_atoms == 0:
+            raise ValueError(f"{name}: MaskWater: the frame has no atoms")
+        if sample.molecule is None:
+            from maskpot.data.molecules import assign_water_molecules
+
+            try:
+                molecule = assign_water_molecules(sample, max_oh=self.max_oh, source=name).molecule
+            except ValueError as err:  # DataValidationError is a ValueError
+                raise ValueError(f"MaskWater could not identify water molecules: {err}") from err
+        else:
+            molecule = sample.molecule
+            ids, inverse = np.unique(molecule, return_inverse=True)
+            n_o = np.bincount(inverse, weights=(z == _Z_O), minlength=len(ids))
+            n_h = np.bincount(inverse, weights=(z == _Z_H), minlength=len(ids))
+            n_all = np.bincount(inverse, minlength=len(ids))
+            bad = np.flatnonzero((n_o != 1) | (n_h != 2) | (n_all != 3))
+            if bad.size:
+                m = int(bad[0])
+                comp = sorted(z[inverse == m].tolist())
+                raise ValueError(
+                    f"{name}: MaskWater: key 'molecule': expected every molecule to be one O and two H, "
+                    f"found {bad.size} molecule(s) that are not, e.g. molecule {int(ids[m])} with Z={comp}"
+                )
+        # sort by (molecule, -Z): each consecutive triple is (O, H, H)
+        order = np.lexsort((-z, molecule))
+        triples = order.reshape(-1, 3)
+        d = _minimum_image(
+            sample.positions[triples[:, 1:]] - sample.positions[triples[:, :1]], sample.cell, sample.pbc
+        )
+        r = np.linalg.norm(d, axis=-1)
+        bad = (r > self.max_oh) | (r < _MIN_LENGTH)
+        if bad.any():
+            w = int(np.flatnonzero(bad.any(axis=1))[0])
+            raise ValueError(
+                f"{name}: MaskWater: key 'molecule': expected every O-H distance in (0, {self.max_oh}] Å "
+                f"(minimum image), found {int(bad.any(axis=1).sum())} molecule(s) outside, e.g. O atom "
+                f"{int(triples[w, 0])} with O-H distances {np.round(r[w], 3).tolist()} Å"
+            )
+        return triples
+
+    def __call__(self, sample: Sample, rng: Optional[np.random.Generator] = None) -> Tuple[Sample, Extras]:
+        rng = _rng(rng)
+        triples = self.water_triples(sample)
+        n_water = len(triples)
+        k = self.n_masked(n_water)
+        chosen = np.sort(rng.choice(n_water, size=k, replace=False)) if k else np.zeros(0, dtype=np.int64)
+        side = rng.integers(0, 2, size=k)
+        o_idx = triples[chosen, 0]
+        removed = triples[chosen, 1 + side]
+        kept_h = triples[chosen, 2 - side]
+
+        pos = sample.positions
+        to_removed_o = _minimum_image(pos[removed] - pos[o_idx], sample.cell, sample.pbc)
+        to_removed_h = _minimum_image(pos[removed] - pos[kept_h], sample.cell, sample.pbc)
+        n = sample.n_atoms
+        flagged = np.concatenate([o_idx, kept_h])
+        vectors = np.concatenate(
+            [_unit(to_removed_o, "O -> removed H", sample), _unit(to_removed_h, "H -> removed H", sample)]
+        )
+        extras = _masking_extras(n, flagged, vectors)
+
+        keep = np.ones(n, dtype=bool)
+        keep[removed] = False
+        molecule = sample.molecule
+        if molecule is None:
+            molecule = np.empty(n, dtype=np.int64)
+            molecule[triples.reshape(-1)] = np.repeat(np.arange(n_water), 3)
+        new = _subset(sample, keep, molecule)
+        return new, {key: arr[keep] for key, arr in extras.items()}
+
+
+class MaskElements(Transform):
+    """Masking for general molecules (e.g. rMD17): remove random atoms of chosen elements.
+
+    Per call:
+
+    1. every atom whose atomic number is in ``elements`` is removed independently with
+       probability ``ratio``; if candidates exist but none was drawn, one candidate is removed
+       (every frame contributes a target); if every atom of the frame would go, one of them is
+       kept (a frame needs atoms). Frames without candidates pass through unmasked (all flags
+       and weights 0);
+    2. for each remaining atom, the *nearest removed atom* is found (minimum image when
+       periodic) and the target is the unit vector FROM the remaining atom TO that removed atom
+       (same direction convention as :class:`MaskWater`);
+    3. ``mask = target_weight = 1`` for remaining atoms whose nearest removed atom lies within
+       ``radius`` Å; others get 0 and a zero target (their direction to a far-away hole is not
+       a local property the model can infer). ``radius=None`` flags every remaining atom, which
+       is the reference code's rMD17 setting.
+
+    Why ``radius = 1.6`` Å by default: it covers every covalent bond to H (C-H 1.09, N-H 1.01,
+    O-H 0.96 Å) and the heavy-atom bonds to O/N (C-O 1.43, C=O 1.23, C-N 1.47 Å), and on a water
+    frame it reproduces :class:`MaskWater`'s flag set (O at 0.96 Å and the sibling H at 1.51 Å
+    of the removed H are flagged; hydrogen-bond partners, >= 1.7 Å, are not). It excludes
+    geminal H (H-C-H, ~1.78 Å) and 1-3 heavy-atom neighbours. For masking heavy atoms bonded
+    to each other (C-C 1.54 Å) raise it (e.g. 1.7).
+
+    The returned sample has ``energy = forces = None``.
+    """
+
+    def __init__(self, elements: Union[int, str, Sequence[Union[int, str]]] = (1,), ratio: float = 0.15,
+                 radius: Optional[float] = 1.6) -> None:
+        self.elements = parse_elements(elements, "MaskElements elements")
+        self.ratio = _check_ratio(ratio, "MaskElements ratio")
+        if radius is not None and not (float(radius) > 0 and math.isfinite(float(radius))):
+            raise ValueError(f"MaskElements radius: expected a positive length in Å or None, got {radius!r}")
+        self.radius = None if radius is None else float(radius)
+
+    def __call__(self, sample: Sample, rng: Optional[np.random.Generator] = None) -> Tuple[Sample, Extras]:
+        rng = _rng(rng)
+        n = sample.n_atoms
+        cand = np.flatnonzero(np.isin(sample.numbers, self.elements))
+        draw = rng.random(cand.size) < self.ratio
+        if cand.size and not draw.any():
+            draw[rng.integers(cand.size)] = True
+        removed = cand[draw]
+        if removed.size and removed.size == n:
+            removed = np.delete(removed, rng.integers(removed.size))
+        keep = np.ones(n, dtype=bool)
+        keep[removed] = False
+        kept = np.flatnonzero(keep)
+
+        if removed.size == 0:
+            extras = _masking_extras(n, np.zeros(0, dtype=np.int64), np.zeros((0, 3)))
+        else:
+            vec, dist = self._nearest(sample, kept, removed)
+            close = np.ones(kept.size, dtype=bool) if self.radius is None else dist <= self.radius
+            flagged = kept[close]
+            extras = _masking_extras(n, flagged, _unit(vec[close], "atom -> nearest removed atom", sample))
+        new = _subset(sample, keep, sample.molecule)
+        return new, {key: arr[keep] for key, arr in extras.items()}
+
+    @staticmethod
+    def _nearest(sample: Sample, kept: np.ndarray, removed: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Displacement to, and distance of, the nearest removed atom for each kept atom."""
+        pos = sample.positions
+        vec = np.zeros((kept.size, 3))
+        dist = np.zeros(kept.size)
+        chunk = max(1, _CHUNK_ELEMENTS // max(1, removed.size))
+        for start in range(0, kept.size, chunk):
+            rows = kept[start : start + chunk]
+            d = _minimum_image(pos[removed][None, :, :] - pos[rows][:, None, :], sample.cell, sample.pbc)
+            r2 = np.einsum("kri,kri->kr", d, d)
+            j = np.argmin(r2, axis=1)
+            vec[start : start + chunk] = d[np.arange(rows.size), j]
+            dist[start : start + chunk] = np.sqrt(r2[np.arange(rows.size), j])
+        return vec, dist
+
+
+class Denoise(Transform):
+    """Gaussian position noise: ``x' = x + eps``, ``eps ~ N(0, sigma^2 Å^2)`` per component.
+
+    Positions are not wrapped back into the cell (so ``target == x' - x`` exactly; the neighbour
+    list handles atoms outside the cell). Extras: ``mask`` = 0, ``target_weight`` = 1,
+    ``target_vectors`` = ``eps`` in Å (``predict="noise"``, default) or ``eps / sigma``
+    (``predict="scaled_noise"``, unit variance). Energy/forces are dropped.
+    """
+
+    PREDICT = ("noise", "scaled_noise")
+
+    def __init__(self, sigma: float = 0.2, predict: str = "noise") -> None:
+        s = float(sigma)
+        if not (s > 0 and math.isfinite(s)):
+            raise ValueError(f"Denoise sigma: expected a positive length in Å, got {sigma!r}")
+        if predict not in self.PREDICT:
+            raise ValueError(f"Denoise predict: expected one of {self.PREDICT}, got {predict!r}")
+        self.sigma = s
+        self.predict = predict
+
+    def __call__(self, sample: Sample, rng: Optional[np.random.Generator] = None) -> Tuple[Sample, Extras]:
+        rng = _rng(rng)
+        n = sample.n_atoms
+        noise = rng.normal(0.0, self.sigma, size=(n, 3))
+        new = sample.copy(positions=sample.positions + noise, energy=None, forces=None)
+        target = noise if self.predict == "noise" else noise / self.sigma
+        return new, {
+            MASK_KEY: np.zeros(n, dtype=np.float32),
+            TARGET_VECTORS_KEY: target,
+            TARGET_WEIGHT_KEY: np.ones(n, dtype=np.float32),
+        }
+
+
+def _subset(sample: Sample, keep: np.ndarray, molecule: Optional[np.ndarray]) -> Sample:
+    """New sample with only the ``keep`` atoms; energy/forces dropped."""
+    return Sample(
+        positions=sample.positions[keep].copy(),
+        numbers=sample.numbers[keep].copy(),
+        cell=sample.cell.copy(),
+        pbc=sample.pbc.copy(),
+        energy=None,
+        forces=None,
+        molecule=None if molecule is None else np.asarray(molecule)[keep].copy(),
+        info=dict(sample.info),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# factory
+# --------------------------------------------------------------------------------------------
+_MISSING = object()
+
+
+def build_transform(task: str, config: Optional[Mapping[str, Any]] = None) -> Transform:
+    """Transform for a training task.
+
+    Args:
+        task: ``"mask"`` (MaskWater or MaskElements), ``"denoise"`` (Denoise), or
+            ``"energy_force"`` / ``"identity"`` (Identity, fine-tuning).
+        config: optional keys (others are ignored here; :func:`maskpot.training.objectives.
+            build_objective` rejects unknown keys):
+
+            * ``mask_ratio`` (float in (0, 1]; default 0.5 for water, 0.15 for elements);
+            * ``mask_elements``: ``"water"`` / ``None`` (default) -> :class:`MaskWater`; a list of
+              atomic numbers or symbols (e.g. ``[1]``, ``["H"]``, ``[8]``) -> :class:`MaskElements`;
+            * ``mask_radius``: flag radius in Å for MaskElements (default 1.6), ``None`` or
+              ``"all"`` flags every remaining atom;
+            * ``noise_sigma``: Denoise sigma, Å (default 0.2);
+            * ``denoise_target``: ``"noise"`` (default) or ``"scaled_noise"``.
+
+    Raises:
+        ValueError: unknown task or invalid value (the message names the key).
+    """
+    cfg = dict(config or {})
+    get = lambda key, default: default if cfg.get(key, _MISSING) is _MISSING else cfg[key]  # noqa: E731
+    if task == "mask":
+        elements = get("mask_elements", "water")
+        ratio = get("mask_ratio", None)
+        if elements is None or (isinstance(elements, str) and elements.lower() == "water"):
+            return MaskWater(ratio=_key_float(cfg, "mask_ratio", 0.5 if ratio is None else ratio, ratio=True))
+        try:
+            parsed = parse_elements(elements)
+        except ValueError as err:
+            raise ValueError(f"config key 'mask_elements': {err}") from None
+        radius = get("mask_radius", 1.6)
+        if radius is None or (isinstance(radius, str) and radius.lower() in ("all", "none")):
+            radius = None
+        else:
+            radius = _key_float(cfg, "mask_radius", radius, positive=True)
+        return MaskElements(
+            elements=parsed, ratio=_key_float(cfg, "mask_ratio", 0.15 if ratio is None else ratio, ratio=True),
+            radius=radius,
+        )
+    if task == "denoise":
+        sigma = _key_float(cfg, "noise_sigma", get("noise_sigma", 0.2), positive=True)
+        predict = get("denoise_target", "noise")
+        if predict not in Denoise.PREDICT:
+            raise ValueError(f"config key 'denoise_target': expected one of {Denoise.PREDICT}, got {predict!r}")
+        return Denoise(sigma=sigma, predict=predict)
+    if task in ("energy_force", "identity", "finetune"):
+        return Identity()
+    raise ValueError(f"unknown task {task!r}: expected 'mask', 'denoise' or 'energy_force'")
+
+
+def _key_float(cfg: Mapping[str, Any], key: str, value: Any, ratio: bool = False, positive: bool = False) -> float:
+    """``float(value)`` validated; ValueError naming the config key otherwise."""
+    try:
+        v = float(value)
+        if isinstance(value, bool):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"config key '{key}': expected a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"config key '{key}': expected a finite number, got {value!r}")
+    if ratio and not (0.0 < v <= 1.0):
+        raise ValueError(f"config key '{key}': expected a ratio in (0, 1], got {value!r}")
+    if positive and not v > 0:
+        raise ValueError(f"config key '{key}': expected a positive number, got {value!r}")
+    return v

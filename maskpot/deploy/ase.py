@@ -1,0 +1,159 @@
+"""ASE calculator for maskpot models (exported files, checkpoints or in-memory modules).
+
+ASE and maskpot share units (Å, eV, eV/Å), so this adapter only moves arrays:
+
+>>> atoms.calc = MaskpotCalculator("model.pt")
+>>> atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+
+Stress (energy-centric models, periodic cells) comes from autograd: a symmetric strain ε
+(zero-valued, differentiable) is applied as ``positions @ (I + ε)``, ``cell @ (I + ε)``
+before the model call, and ``stress = (1/V) dE/dε`` in ASE's Voigt order
+(xx, yy, zz, yz, xz, xy) and sign convention (positive = the cell wants to shrink, i.e.
+tensile; ``stress = -virial / V``). Force-centric models have no energy to differentiate:
+asking for their stress raises ``PropertyNotImplementedError``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from maskpot.deploy.export import (
+    ExportedPotential,
+    ExportError,
+    call_exported,
+    load_exported,
+    resolve_dtype,
+)
+
+ModelLike = Union[str, Path, torch.nn.Module]
+
+
+def _is_export_file(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/extra/metadata.json") for n in zf.namelist())
+
+
+def load_potential(model: ModelLike, device: Union[str, torch.device] = "cpu"):
+    """``(module, kind, cutoff, species)`` for an export file, a checkpoint or a module.
+
+    The returned module has the export signature ``(positions, numbers, cell, pbc) -> (E, F)``.
+    """
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"MaskpotCalculator: model file {path} not found")
+        if _is_export_file(path):
+            module, meta = load_exported(path, map_location=device)
+            return module, str(meta["kind"]), float(meta["cutoff"]), [int(z) for z in meta["species"]]
+        from maskpot.training.checkpoint import model_from_checkpoint
+
+        model = model_from_checkpoint(path)  # CheckpointError for anything else
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"MaskpotCalculator: model must be a file path or a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, ExportedPotential) or (
+        isinstance(model, torch.jit.ScriptModule) and hasattr(model, "known_species")
+    ):
+        module = model
+    else:
+        module = ExportedPotential(model)
+    return module.to(device), str(module.kind), float(module.cutoff), [int(z) for z in module.species]
+
+
+def _module_dtype(module: torch.nn.Module) -> torch.dtype:
+    ref = getattr(module, "dtype_ref", None)
+    if isinstance(ref, torch.Tensor):
+        return ref.dtype
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+class MaskpotCalculator(Calculator):
+    """ASE calculator: energy, free_energy, forces, stress (energy-centric, periodic).
+
+    Args:
+        model: export file (``maskpot-export``), maskpot checkpoint, or a ``torch.nn.Module``
+            (a maskpot model or an :class:`~maskpot.deploy.export.ExportedPotential`).
+        device: torch device for the computation.
+        dtype: "float32"/"float64" to cast the model to; None keeps the model's dtype.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model: ModelLike, device: Union[str, torch.device] = "cpu", dtype=None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.device = torch.device(device)
+        module, self.kind, self.cutoff, self.species = load_potential(model, self.device)
+        if dtype is not None:
+            module = module.to(resolve_dtype(dtype))
+        self.module = module.eval()
+        self.dtype = _module_dtype(self.module)
+        self._known = set(self.species)
+
+    # -- checks done in Python so that users get ValueError / PropertyNotImplementedError
+    def _check(self, atoms) -> None:
+        unknown = sorted(set(int(z) for z in atoms.numbers) - self._known)
+        if unknown:
+            raise ValueError(f"MaskpotCalculator: unknown element(s) with atomic number {unknown}; "
+                             f"this model knows {self.species}")
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        if pbc.any() and not pbc.all():
+            raise ValueError(f"MaskpotCalculator: mixed periodicity pbc={pbc.tolist()} is not supported")
+        if pbc.all():
+            cell = np.asarray(atoms.cell, dtype=np.float64)
+            volume = abs(np.linalg.det(cell))
+            if volume <= 0:
+                raise ValueError("MaskpotCalculator: periodic cell has zero volume")
+            widths = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+            if self.cutoff > 0.5 * widths.min() + 1e-9:
+                raise ValueError(
+                    f"MaskpotCalculator: model cutoff {self.cutoff:.4f} A is larger than half the shortest "
+                    f"perpendicular cell width ({0.5 * widths.min():.4f} A); use a larger cell")
+
+    def calculate(self, atoms=None, properties: Optional[List[str]] = None, system_changes=all_changes) -> None:
+        if properties is None:
+            properties = ["energy"]
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self._check(atoms)
+        periodic = bool(np.all(atoms.pbc))
+        want_stress = "stress" in properties
+        if want_stress:
+            if self.kind != "energy":
+                raise PropertyNotImplementedError(
+                    "MaskpotCalculator: stress needs an energy-centric model; this model is "
+                    f"{self.kind}-centric (forces are predicted directly, there is no energy to differentiate)")
+            if not periodic:
+                raise PropertyNotImplementedError("MaskpotCalculator: stress is only defined for periodic cells")
+
+        pos = torch.tensor(atoms.get_positions(), dtype=self.dtype, device=self.device)
+        cell = torch.tensor(np.asarray(atoms.cell) if periodic else np.zeros((3, 3)), dtype=self.dtype, device=self.device)
+        numbers = torch.tensor(atoms.numbers, dtype=torch.long, device=self.device)
+        pbc = torch.full((3,), periodic, dtype=torch.bool, device=self.device)
+
+        if want_stress:
+            strain = torch.zeros((3, 3), dtype=self.dtype, device=self.device, requires_grad=True)
+            sym = 0.5 * (strain + strain.transpose(0, 1))
+            deform = torch.eye(3, dtype=self.dtype, device=self.device) + sym
+            energy, forces = call_exported(self.module, pos @ deform, numbers, cell @ deform, pbc)
+            (dE_deps,) = torch.autograd.grad([energy], [strain])
+            volume = abs(float(np.linalg.det(np.asarray(atoms.cell))))
+            stress = dE_deps.detach().cpu().numpy().astype(np.float64) / volume
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        else:
+            energy, forces = call_exported(self.module, pos, numbers, cell, pbc)
+        e = float(energy.detach().cpu())
+        self.results["energy"] = e
+        self.results["free_energy"] = e
+        self.results["forces"] = forces.detach().cpu().numpy().astype(np.float64)

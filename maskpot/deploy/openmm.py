@@ -1,0 +1,253 @@
+"""OpenMM forces from maskpot export files.
+
+One entry point, :func:`create_force`, returns an ``openmm.Force`` that adds the learned
+energy (kJ/mol) and forces (kJ/mol/nm) to a System, through one of two backends:
+
+``backend="python"`` (default)
+    ``openmm.PythonForce`` (OpenMM >= 8.5) calling the TorchScript model from Python. Needs
+    nothing beyond OpenMM and torch. The State handed to the callback carries the positions
+    (and the box when periodic); both are read at every call, so barostats are honoured.
+``backend="torch"``
+    openmm-torch's ``TorchForce`` running a scripted :class:`TorchForceModule` (positions and
+    box vectors in nm, unit constants baked in as floats at wrap time). Needs openmm-torch
+    built against the installed torch (see ``.ci/openmm_torch_env.sh``).
+
+Unit conversion uses ``openmm.unit`` only: Å per nm and kJ/mol per eV are computed from it,
+never typed in. Minimum image and wrapping are handled by the model's neighbour list, which
+accepts positions anywhere (OpenMM may hand wrapped or unwrapped coordinates).
+
+``atoms`` selects the ML region (indices into the System): only those particles are seen by
+the model and receive its forces; everything else in the System is left untouched (e.g. the
+classical TIP3P solvent of a mixed system; remove the classical intramolecular terms of the
+ML region yourself, or use openmm-ml's ``createMixedSystem`` with the ``"maskpot"``
+potential, which does this).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import openmm
+import openmm.app
+import torch
+from openmm import unit
+from torch import Tensor
+
+from maskpot.deploy.export import PathLike, call_exported, load_exported, quiet_jit, read_metadata
+
+#: Å per nm and kJ/mol per eV, from openmm.unit.
+ANGSTROM_PER_NM: float = (1.0 * unit.nanometer).value_in_unit(unit.angstrom)
+KJ_PER_MOL_PER_EV: float = (1.0 * unit.elementary_charge * unit.volt * unit.AVOGADRO_CONSTANT_NA).value_in_unit(
+    unit.kilojoule_per_mole
+)
+BACKENDS = ("python", "torch")
+
+
+def _atomic_numbers(topology_or_atomic_numbers: Any) -> np.ndarray:
+    if isinstance(topology_or_atomic_numbers, openmm.app.Topology):
+        numbers = []
+        for atom in topology_or_atomic_numbers.atoms():
+            if atom.element is None:
+                raise ValueError(f"create_force: atom {atom.index} ({atom.name}) has no element (virtual site?); "
+                                 "pass `atoms=` to exclude it from the ML region")
+            numbers.append(atom.element.atomic_number)
+        return np.asarray(numbers, dtype=np.int64)
+    return np.asarray(topology_or_atomic_numbers, dtype=np.int64).reshape(-1)
+
+
+def _half_min_width(box_angstrom: np.ndarray) -> float:
+    cell = np.asarray(box_angstrom, dtype=np.float64)
+    volume = abs(np.linalg.det(cell))
+    if volume <= 0:
+        return 0.0
+    return 0.5 * float((volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)).min())
+
+
+def check_box(cutoff: float, box_angstrom: np.ndarray, where: str) -> None:
+    """ValueError when the model cutoff (Å) exceeds half the shortest width of the box (Å)."""
+    half = _half_min_width(box_angstrom)
+    if cutoff > half + 1e-9:
+        raise ValueError(
+            f"{where}: maskpot model cutoff {cutoff:.4f} A is larger than half the shortest periodic box "
+            f"width ({half:.4f} A); use a larger box or a model with a smaller cutoff")
+
+
+class PythonForceComputation:
+    """The callback of the PythonForce: State (nm) → (energy kJ/mol, forces kJ/mol/nm).
+
+    Picklable (stores the model path, reloads the TorchScript module lazily) so that systems
+    holding the force can be serialised with ``XmlSerializer``.
+    """
+
+    def __init__(self, model_path: PathLike, atomic_numbers: Sequence[int], periodic: bool,
+                 device: str = "cpu") -> None:
+        self.model_path = str(Path(model_path).resolve())
+        self.atomic_numbers = np.asarray(atomic_numbers, dtype=np.int64)
+        self.periodic = bool(periodic)
+        self.device = str(device)
+        self._module = None
+        self._cutoff = float(read_metadata(self.model_path)["cutoff"])
+        self._numbers_t: Optional[Tensor] = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_module"] = None
+        state["_numbers_t"] = None
+        return state
+
+    def _load(self) -> None:
+        module, meta = load_exported(self.model_path, map_location=self.device)
+        self._module = module.eval()
+        self._dtype = {"float32": torch.float32, "float64": torch.float64}[meta["dtype"]]
+        self._numbers_t = torch.as_tensor(self.atomic_numbers, device=self.device)
+        self._pbc = torch.full((3,), self.periodic, dtype=torch.bool, device=self.device)
+
+    def __call__(self, state: "openmm.State") -> Tuple[float, np.ndarray]:
+        if self._module is None:
+            self._load()
+        pos = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+        if self.periodic:
+            box = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom))
+            check_box(self._cutoff, box, "maskpot PythonForce")
+        else:
+            box = np.zeros((3, 3))
+        energy, forces = call_exported(
+            self._module,
+            torch.as_tensor(np.asarray(pos), dtype=self._dtype, device=self.device),
+            self._numbers_t,
+            torch.as_tensor(box, dtype=self._dtype, device=self.device),
+            self._pbc,
+        )
+        e = float(energy.detach().cpu()) * KJ_PER_MOL_PER_EV
+        f = forces.detach().cpu().numpy().astype(np.float64) * (KJ_PER_MOL_PER_EV * ANGSTROM_PER_NM)
+        return e, f
+
+
+class TorchForceModule(torch.nn.Module):
+    """openmm-torch wrapper: positions [N_total, 3] nm (+ box [3, 3] nm) → (kJ/mol, kJ/mol/nm).
+
+    The unit factors are floats taken from ``openmm.unit`` when the module is built; the ML
+    region (``atoms``) is gathered from the full position array and its forces scattered back.
+    """
+
+    def __init__(self, exported: torch.nn.Module, atomic_numbers: Sequence[int], dtype: torch.dtype,
+                 periodic: bool, atoms: Optional[Sequence[int]] = None, n_particles: Optional[int] = None) -> None:
+        super().__init__()
+        self.model = exported
+        self.register_buffer("numbers", torch.as_tensor(np.asarray(atomic_numbers, dtype=np.int64)))
+        self.register_buffer("pbc", torch.full((3,), bool(periodic), dtype=torch.bool))
+        self.register_buffer("dtype_ref", torch.zeros(0, dtype=dtype))
+        self.periodic: bool = bool(periodic)
+        self.subset: bool = atoms is not None
+        idx = np.arange(len(atomic_numbers)) if atoms is None else np.asarray(atoms, dtype=np.int64)
+        self.register_buffer("atoms", torch.as_tensor(idx, dtype=torch.long))
+        self.n_particles: int = int(n_particles if n_particles is not None else len(idx))
+        self.angstrom_per_nm: float = float(ANGSTROM_PER_NM)
+        self.kj_per_mol_per_ev: float = float(KJ_PER_MOL_PER_EV)
+
+    def forward(self, positions: Tensor, boxvectors: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        dtype = self.dtype_ref.dtype
+        pos = positions.to(dtype) * self.angstrom_per_nm
+        if self.subset:
+            pos = pos.index_select(0, self.atoms)
+        if self.periodic:
+            if boxvectors is None:
+                raise ValueError("periodic maskpot TorchForce called without box vectors")
+            cell = boxvectors.to(dtype) * self.angstrom_per_nm
+        else:
+            cell = torch.zeros((3, 3), dtype=dtype, device=positions.device)
+        energy, forces = self.model(pos, self.numbers, cell, self.pbc)
+        forces = forces.detach() * (self.kj_per_mol_per_ev * self.angstrom_per_nm)
+        if self.subset:
+            full = torch.zeros((self.n_particles, 3), dtype=forces.dtype, device=forces.device)
+            forces = full.index_copy(0, self.atoms, forces)
+        return (energy.detach() * self.kj_per_mol_per_ev).to(positions.dtype), forces.to(positions.dtype)
+
+
+def import_openmmtorch():
+    """``openmmtorch`` or an ImportError that says why (wrong torch build, not installed)."""
+    try:
+        import openmmtorch  # noqa: F401
+    except Exception as exc:  # OSError/ImportError when built against another torch
+        raise ImportError(
+            "backend='torch' needs openmm-torch built for torch "
+            f"{torch.__version__} ({type(exc).__name__}: {exc}); use backend='python' or the "
+            "environment of .ci/openmm_torch_env.sh") from exc
+    return openmmtorch
+
+
+def create_force(
+    model_path: PathLike,
+    topology_or_atomic_numbers: Any,
+    backend: str = "python",
+    atoms: Optional[Sequence[int]] = None,
+    periodic: Optional[bool] = None,
+    device: str = "cpu",
+) -> openmm.Force:
+    """An OpenMM Force computing a maskpot model (kJ/mol, kJ/mol/nm).
+
+    Args:
+        model_path: export file written by ``maskpot-export`` / :func:`export_model`.
+        topology_or_atomic_numbers: ``openmm.app.Topology`` or atomic numbers of *all*
+            particles of the System.
+        backend: "python" (``openmm.PythonForce``, default) or "torch" (openmm-torch).
+        atoms: indices of the ML region (default: every particle).
+        periodic: use periodic boundary conditions; default: the topology has a box
+            (False for a plain list of atomic numbers).
+        device: torch device of the model.
+
+    Raises:
+        ValueError: unknown backend, elements the model does not know, bad ``atoms``, or a
+            topology box whose half width is below the model cutoff (the same check runs at
+            every evaluation, so a barostat that shrinks the box is caught too).
+        ImportError: backend "torch" without a working openmm-torch.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"create_force: unknown backend {backend!r}; expected one of {list(BACKENDS)}")
+    meta = read_metadata(model_path)
+    cutoff = float(meta["cutoff"])
+    numbers_all = _atomic_numbers(topology_or_atomic_numbers)
+    is_topology = isinstance(topology_or_atomic_numbers, openmm.app.Topology)
+    n_total = len(numbers_all)
+    if atoms is not None:
+        atoms = [int(i) for i in atoms]
+        if not atoms:
+            raise ValueError("create_force: `atoms` is empty")
+        if min(atoms) < 0 or max(atoms) >= n_total:
+            raise ValueError(f"create_force: `atoms` indices must lie in 0..{n_total - 1}")
+        if len(set(atoms)) != len(atoms):
+            raise ValueError("create_force: `atoms` has duplicate indices")
+        numbers = numbers_all[atoms]
+    else:
+        numbers = numbers_all
+    unknown = sorted(set(numbers.tolist()) - set(int(z) for z in meta["species"]))
+    if unknown:
+        raise ValueError(f"create_force: unknown element(s) with atomic number {unknown}; "
+                         f"model {model_path} knows {meta['species']}")
+    if periodic is None:
+        periodic = is_topology and topology_or_atomic_numbers.getPeriodicBoxVectors() is not None
+    periodic = bool(periodic)
+    if periodic and is_topology and topology_or_atomic_numbers.getPeriodicBoxVectors() is not None:
+        box = np.asarray([v.value_in_unit(unit.angstrom) for v in topology_or_atomic_numbers.getPeriodicBoxVectors()])
+        check_box(cutoff, box, "create_force")
+
+    if backend == "python":
+        if not hasattr(openmm, "PythonForce"):
+            raise ImportError(f"backend='python' needs openmm.PythonForce (OpenMM >= 8.5), found {openmm.__version__}")
+        force = openmm.PythonForce(PythonForceComputation(model_path, numbers, periodic, device))
+        force.setUsesPeriodicBoundaryConditions(periodic)
+        if atoms is not None:
+            force.setParticles(atoms)
+    else:
+        openmmtorch = import_openmmtorch()
+        module, meta = load_exported(model_path, map_location=device)
+        dtype = {"float32": torch.float32, "float64": torch.float64}[meta["dtype"]]
+        with quiet_jit():
+            wrapper = torch.jit.script(TorchForceModule(module, numbers, dtype, periodic, atoms, n_total))
+        force = openmmtorch.TorchForce(wrapper)
+        force.setOutputsForces(True)
+        force.setUsesPeriodicBoundaryConditions(periodic)
+    force.setName(f"maskpot:{meta.get('model', 'model')}")
+    return force

@@ -1,0 +1,149 @@
+"""PaiNN: polarizable atom interaction network (Schütt, Unke, Gastegger 2021), energy-centric.
+
+Scalar features s [N, F] and vector features v [N, 3, F]. Each layer is
+
+* message:  (phi_s, phi_vv, phi_vs) = MLP(s_j) * W(rbf(r_ij)) f_cut(r_ij)
+            ds_i = sum_j phi_s,  dv_i = sum_j phi_vv v_j + phi_vs r̂_ij
+* update:   U v, V v (linear over channels); (a_vv, a_sv, a_ss) = MLP(s, |V v|)
+            dv = a_vv U v,  ds = a_ss + a_sv <U v, V v>
+
+Per-atom energy from an MLP on s; forces = -dE/dr. Optional vector head (pretraining): a gated
+equivariant block mapping (s, v) to one vector per atom.
+
+Defaults: hidden 128, 3 layers, 20 Bessel functions, cutoff 5.0 Å (3.5 Å also fine for water
+boxes), polynomial envelope p=6.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from maskpot.models.common import EnergyModel, activation, mlp, scatter_sum
+from maskpot.models.registry import register_model
+
+_EPS = 1e-8  # inside sqrt of |V v|: finite gradient at v = 0
+
+
+class PaiNNMessage(nn.Module):
+    def __init__(self, hidden: int, act: str) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.scalar_mlp = mlp([hidden, hidden, 3 * hidden], act)
+
+    def forward(self, s: Tensor, v: Tensor, i: Tensor, j: Tensor, filt: Tensor, unit: Tensor,
+                first: bool) -> Tuple[Tensor, Tensor]:
+        n, f = s.shape[0], self.hidden
+        x = self.scalar_mlp(s).index_select(0, j) * filt  # [E, 3F]
+        ds, dv_v, dv_r = torch.split(x, f, dim=-1)
+        dv = dv_r.unsqueeze(1) * unit.unsqueeze(-1)  # [E, 3, F]
+        if not first:  # v == 0 in the first layer
+            dv = dv + dv_v.unsqueeze(1) * v.index_select(0, j)
+        return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)
+
+
+class PaiNNUpdate(nn.Module):
+    def __init__(self, hidden: int, act: str) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.eps = _EPS
+        self.vector_mix = nn.Linear(hidden, 2 * hidden, bias=False)
+        self.scalar_mlp = mlp([2 * hidden, hidden, 3 * hidden], act)
+
+    def forward(self, s: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        f = self.hidden
+        uv, vv = torch.split(self.vector_mix(v), f, dim=-1)  # [N, 3, F] each
+        vv_norm = torch.sqrt((vv * vv).sum(dim=1) + self.eps)
+        a = self.scalar_mlp(torch.cat([s, vv_norm], dim=-1))
+        a_vv, a_sv, a_ss = torch.split(a, f, dim=-1)
+        s = s + a_ss + a_sv * (uv * vv).sum(dim=1)
+        v = v + a_vv.unsqueeze(1) * uv
+        return s, v
+
+
+class GatedEquivariantBlock(nn.Module):
+    """(s [N, F], v [N, 3, F]) -> one equivariant vector per atom [N, 3]."""
+
+    def __init__(self, hidden: int, act: str) -> None:
+        super().__init__()
+        self.mix = nn.Linear(hidden, hidden + 1, bias=False)
+        self.hidden = hidden
+        self.eps = _EPS
+        self.gate = mlp([2 * hidden, hidden, 1], act)
+
+    def forward(self, s: Tensor, v: Tensor) -> Tensor:
+        w = self.mix(v)  # [N, 3, F + 1]
+        w1, w2 = w[..., : self.hidden], w[..., self.hidden]
+        norm = torch.sqrt((w1 * w1).sum(dim=1) + self.eps)
+        return self.gate(torch.cat([s, norm], dim=-1)) * w2
+
+
+@register_model("painn")
+class PaiNN(EnergyModel):
+    """Energy-centric PaiNN. See the module docstring."""
+
+    DEFAULTS = {
+        "cutoff": 5.0,
+        "hidden_channels": 128,
+        "num_layers": 3,
+        "num_rbf": 20,
+        "activation": "silu",
+        "radial_basis": "bessel",
+        "envelope": "polynomial",
+        "envelope_exponent": 6,
+        "shared_filters": False,
+    }
+
+    def __init__(
+        self,
+        species: Sequence[int],
+        cutoff: float = 5.0,
+        hidden_channels: int = 128,
+        num_layers: int = 3,
+        num_rbf: int = 20,
+        activation: str = "silu",
+        radial_basis: str = "bessel",
+        envelope: str = "polynomial",
+        envelope_exponent: int = 6,
+        shared_filters: bool = False,
+        neighbor_backend: str = "torch",
+        vector_head: bool = False,
+    ) -> None:
+        super().__init__(species, cutoff, hidden_channels, num_rbf, radial_basis, envelope, envelope_exponent,
+                         neighbor_backend, vector_head, kind="energy")
+        h = hidden_channels
+        self.num_layers = int(num_layers)
+        self.shared_filters = bool(shared_filters)
+        # One linear map rbf -> filters of every layer (3F each), or one set shared by all layers.
+        self.filter_net = nn.Linear(num_rbf, 3 * h if shared_filters else 3 * h * num_layers)
+        self.messages = nn.ModuleList([PaiNNMessage(h, activation) for _ in range(num_layers)])
+        self.updates = nn.ModuleList([PaiNNUpdate(h, activation) for _ in range(num_layers)])
+        self.energy_head = mlp([h, h // 2, 1], activation)
+        self.vector_out = GatedEquivariantBlock(h, activation) if vector_head else nn.Identity()
+
+    @staticmethod
+    def validate_config(config: dict) -> None:
+        if not isinstance(config.get("shared_filters"), bool):
+            raise ValueError(f"config['shared_filters'] must be true/false, got {config.get('shared_filters')!r}")
+
+    def atomic_energies(self, h0: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tuple[Tensor, Tensor]:
+        i, j = edge_index[0], edge_index[1]
+        _, unit, rbf, env = self.radial(edge_vec)
+        f = self.hidden_channels
+        filters = self.filter_net(rbf) * env.unsqueeze(-1)
+        n = h0.shape[0]
+        s = h0
+        v = torch.zeros(n, 3, f, dtype=h0.dtype, device=h0.device)
+        k = 0
+        for message, update in zip(self.messages, self.updates):
+            filt = filters if self.shared_filters else filters[:, 3 * f * k : 3 * f * (k + 1)]
+            s, v = message(s, v, i, j, filt, unit, k == 0)
+            s, v = update(s, v)
+            k += 1
+        e = self.energy_head(s).squeeze(-1)
+        vectors = torch.zeros(0, dtype=h0.dtype, device=h0.device)
+        if self.vector_head:
+            vectors = self.vector_out(s, v)
+        return e, vectors

@@ -1,0 +1,155 @@
+"""Model registry and the config -> model builder.
+
+Config keys (all optional except ``name`` and ``species``)::
+
+    name              registered model name ("egnn", "gns", "painn")
+    species           atomic numbers the model knows, e.g. [1, 8]
+    cutoff            Å
+    hidden_channels, num_layers, num_rbf, activation
+    radial_basis      "bessel" | "gaussian"
+    envelope          "polynomial" | "cosine";  envelope_exponent (polynomial p)
+    dtype             "float32" | "float64"
+    neighbor_backend  "torch" | "vesin" | "auto"
+    vector_head       bool: extra equivariant per-atom vector output (pretraining)
+    + model-specific keys (each class's ``DEFAULTS``)
+
+``model.config`` is the resolved config (JSON-serialisable); ``build_model(model.config)``
+rebuilds the same architecture. ``model.config_json`` holds the same as JSON text and survives
+``torch.jit.script``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Callable, Dict, Mapping, Type
+
+import torch
+from torch import nn
+
+from maskpot.models.common import ACTIVATIONS, MAX_Z
+
+MODEL_REGISTRY: Dict[str, Type[nn.Module]] = {}
+
+# Keys every model accepts, with their defaults (model classes override the architectural ones).
+COMMON_DEFAULTS: Dict[str, Any] = {
+    "dtype": "float32",
+    "neighbor_backend": "torch",
+    "vector_head": False,
+}
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_BACKENDS = ("torch", "vesin", "auto")
+
+
+def register_model(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
+    """Class decorator: ``@register_model("mymodel")``. The class needs a ``DEFAULTS`` dict of
+    its model keys and an ``__init__(species, **keys)``."""
+
+    def deco(cls: Type[nn.Module]) -> Type[nn.Module]:
+        key = name.lower()
+        if key in MODEL_REGISTRY and MODEL_REGISTRY[key] is not cls:
+            raise ValueError(f"register_model: a model named {key!r} is already registered")
+        if not isinstance(getattr(cls, "DEFAULTS", None), dict):
+            raise TypeError(f"register_model: {cls.__name__} needs a DEFAULTS dict")
+        MODEL_REGISTRY[key] = cls
+        return cls
+
+    return deco
+
+
+def _model_class(name: Any) -> Type[nn.Module]:
+    if not isinstance(name, str) or name.lower() not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model name {name!r}; registered: {sorted(MODEL_REGISTRY)}")
+    return MODEL_REGISTRY[name.lower()]
+
+
+def default_config(name: str, **overrides: Any) -> Dict[str, Any]:
+    """Defaults of model ``name`` (all keys except ``species``), updated with ``overrides``."""
+    cls = _model_class(name)
+    config: Dict[str, Any] = {"name": name.lower(), **copy.deepcopy(COMMON_DEFAULTS), **copy.deepcopy(cls.DEFAULTS)}
+    if overrides:
+        config = resolve_config({**config, **overrides}, require_species=False)
+    return config
+
+
+def _check_int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not (isinstance(value, float) and value.is_integer()):
+        raise ValueError(f"config[{key!r}] must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"config[{key!r}] must be >= {minimum}, got {value}")
+    return value
+
+
+def resolve_config(config: Mapping[str, Any], require_species: bool = True) -> Dict[str, Any]:
+    """Validate ``config`` and fill in defaults. Unknown keys -> ValueError naming the allowed ones."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"model config must be a dict, got {type(config).__name__}")
+    if "name" not in config:
+        raise ValueError(f"model config needs 'name' (one of {sorted(MODEL_REGISTRY)})")
+    cls = _model_class(config["name"])
+    allowed = {"name", "species"} | set(COMMON_DEFAULTS) | set(cls.DEFAULTS)
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown model config key(s) {unknown} for model {config['name']!r}; allowed keys: {sorted(allowed)}"
+        )
+    out: Dict[str, Any] = {"name": str(config["name"]).lower(), **copy.deepcopy(COMMON_DEFAULTS),
+                           **copy.deepcopy(cls.DEFAULTS)}
+    out.update({k: copy.deepcopy(v) for k, v in config.items()})
+
+    if "species" in out and out["species"] is not None:
+        species = out["species"]
+        if isinstance(species, (str, bytes)) or not hasattr(species, "__iter__"):
+            raise ValueError(f"config['species'] must be a list of atomic numbers, got {species!r}")
+        zs = [_check_int("species", z, 1) for z in species]
+        if not zs:
+            raise ValueError("config['species'] is empty")
+        if any(z > MAX_Z for z in zs):
+            raise ValueError(f"config['species'] has atomic numbers > {MAX_Z}: {zs}")
+        if len(set(zs)) != len(zs):
+            raise ValueError(f"config['species'] has duplicates: {zs}")
+        out["species"] = sorted(zs)
+    elif require_species:
+        raise ValueError("model config needs 'species' (list of atomic numbers, e.g. [1, 8])")
+    else:
+        out.pop("species", None)
+
+    cutoff = out["cutoff"]
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
+        raise ValueError(f"config['cutoff'] must be a positive number (Å), got {cutoff!r}")
+    out["cutoff"] = float(cutoff)
+    for key in ("hidden_channels", "num_layers", "num_rbf", "envelope_exponent"):
+        if key in out:
+            out[key] = _check_int(key, out[key], 0 if key == "num_layers" else (2 if key == "envelope_exponent" else 1))
+    if str(out["activation"]).lower() not in ACTIVATIONS:
+        raise ValueError(f"config['activation'] {out['activation']!r} unknown; allowed: {sorted(ACTIVATIONS)}")
+    out["activation"] = str(out["activation"]).lower()
+    if out["dtype"] not in _DTYPES:
+        raise ValueError(f"config['dtype'] must be one of {sorted(_DTYPES)}, got {out['dtype']!r}")
+    if out["neighbor_backend"] not in _BACKENDS:
+        raise ValueError(f"config['neighbor_backend'] must be one of {list(_BACKENDS)}, got {out['neighbor_backend']!r}")
+    if out["radial_basis"] not in ("bessel", "gaussian"):
+        raise ValueError(f"config['radial_basis'] must be 'bessel' or 'gaussian', got {out['radial_basis']!r}")
+    if out["envelope"] not in ("polynomial", "cosine"):
+        raise ValueError(f"config['envelope'] must be 'polynomial' or 'cosine', got {out['envelope']!r}")
+    if not isinstance(out["vector_head"], bool):
+        raise ValueError(f"config['vector_head'] must be true/false, got {out['vector_head']!r}")
+    validate = getattr(cls, "validate_config", None)
+    if validate is not None:
+        validate(out)
+    json.dumps(out)  # must stay JSON-serialisable
+    return out
+
+
+def build_model(config: Mapping[str, Any]) -> nn.Module:
+    """Build a registered model from a config dict (see the module docstring)."""
+    resolved = resolve_config(config)
+    cls = _model_class(resolved["name"])
+    kwargs = {k: v for k, v in resolved.items() if k not in ("name", "dtype")}
+    model = cls(**kwargs)
+    model.to(_DTYPES[resolved["dtype"]])
+    model.config = resolved
+    model.config_json = json.dumps(resolved, sort_keys=True)
+    return model

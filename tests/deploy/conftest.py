@@ -1,0 +1,38 @@
+"""Fixtures for the deploy tests: exported model files, cached per session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Tuple
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from deploy_models import make_model, real_model_names  # noqa: E402
+
+#: Toys (always available, independent of maskpot.models) + every registered model.
+MODEL_NAMES = ["toy-energy", "toy-force"] + real_model_names()
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory) -> Callable[[str, str], Tuple[Path, object]]:
+    """``exported(name, dtype) -> (path, eager model)``: export once per session."""
+    from maskpot.deploy.export import export_model
+
+    root = tmp_path_factory.mktemp("exported")
+    cache: Dict[Tuple[str, str], Tuple[Path, object]] = {}
+
+    def get(name: str, dtype: str = "float64"):
+        key = (name, dtype)
+        if key not in cache:
+            import torch
+
+            model = make_model(name, dtype=getattr(torch, dtype))
+            path = root / f"{name}-{dtype}.pt"
+            export_model(model, path, dtype=dtype, metadata={"test": name})
+            cache[key] = (path, model)
+        return cache[key]
+
+    return get
