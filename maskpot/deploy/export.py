@@ -259,6 +259,8 @@ def export_model(
         raise ExportError(f"export: {type(model).__name__} cannot be compiled with TorchScript: {exc}") from exc
 
     config = info["model_config"] or {}
+    if "neighbor_backend" in config:
+        config = info["model_config"] = {**config, "neighbor_backend": neighbor_backend}
     meta: Dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

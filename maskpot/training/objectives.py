@@ -125,15 +125,17 @@ def cosine_loss(
         raise ValueError(f"cosine_loss form: expected one of {COSINE_FORMS}, got {form!r}")
     w = _weights(pred, target, weight, "cosine_loss")
     target = target.to(pred.dtype)
-    if not bool((w > 0).any()):
-        return pred.sum() * 0.0
+    # no host synchronisation: an empty selection is handled with torch.where
+    wsum = w.sum()
     if form == "global":
         num = (w * (pred * target).sum(-1)).sum()
         pp = (w * (pred * pred).sum(-1)).sum()
         tt = (w * (target * target).sum(-1)).sum()
-        return 1.0 - num / torch.sqrt(torch.clamp(pp * tt, min=eps * eps))
-    cos = _cosines(pred, target, eps)
-    return 1.0 - (w * cos).sum() / w.sum()
+        value = 1.0 - num / torch.sqrt(torch.clamp(pp * tt, min=eps * eps))
+    else:
+        cos = _cosines(pred, target, eps)
+        value = 1.0 - (w * cos).sum() / torch.clamp(wsum, min=eps)
+    return torch.where(wsum > 0, value, torch.zeros_like(value))
 
 
 def _cosines(pred: Tensor, target: Tensor, eps: float = _EPS) -> Tensor:
@@ -155,9 +157,8 @@ def denoise_loss(pred: Tensor, noise: Tensor, weight: Optional[Tensor] = None) -
     w = _weights(pred, noise, weight, "denoise_loss")
     err2 = ((pred - noise.to(pred.dtype)) ** 2).sum(-1)
     denom = 3.0 * w.sum()
-    if not bool(denom > 0):
-        return pred.sum() * 0.0
-    return (w * err2).sum() / denom
+    value = (w * err2).sum() / torch.clamp(denom, min=_EPS)
+    return torch.where(denom > 0, value, torch.zeros_like(value))
 
 
 def _n_atoms(batch: Batch, n_graphs: int, device: torch.device) -> Tensor:

@@ -1,0 +1,406 @@
+"""``maskpot-train`` (pretraining, fine-tuning, training from scratch: one command) and
+``maskpot-eval``.
+
+Examples::
+
+    # masked pretraining on TIP3P water
+    maskpot-train configs/water_pretrain_mask.yaml --set data.path=tip3p.npz --set output.dir=runs/pre
+    # fine-tuning from it (same command without --init trains from scratch)
+    maskpot-train configs/water_finetune.yaml --init runs/pre/best.pt --set output.dir=runs/ft
+    # continue an interrupted run exactly
+    maskpot-train --resume --output runs/ft
+    # two data-parallel processes on CPU
+    torchrun --nproc_per_node 2 -m maskpot.training.cli configs/water_scratch.yaml ...
+    # test-set errors of a checkpoint
+    maskpot-eval runs/ft/best.pt data.npz --split-file runs/ft/splits.npz --subset test --json out.json
+
+A run folder holds: ``config.yaml`` (resolved config), ``run.json`` (provenance: seed, versions,
+data hashes, normalisation, summary), ``splits.npz``, ``best.pt`` / ``last.pt``,
+``metrics.csv``, ``learning_curve.png``, ``test_metrics.json`` (and ``tensorboard/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from maskpot.training.config import ConfigError, load_config, save_config
+from maskpot.utils import atomic_write_json, seed_everything, versions
+
+log = logging.getLogger("maskpot.train")
+
+DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+# Keys that may change when resuming (everything else must match the interrupted run).
+RESUME_MAY_CHANGE = (
+    "train.epochs",
+    "train.max_steps",
+    "train.early_stopping_patience",
+    "train.num_threads",
+    "train.device",
+    "output.progress",
+    "output.tensorboard",
+    "output.plot",
+    "init.checkpoint",
+)
+
+
+# ------------------------------------------------------------------------------------------
+# maskpot-train
+# ------------------------------------------------------------------------------------------
+def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k not in ("splits",):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_resume_config(cfg: Dict[str, Any], stored: Dict[str, Any], path: Path) -> None:
+    """The resumed run must be the same run: only ``RESUME_MAY_CHANGE`` keys may differ."""
+    new, old = _flatten({k: v for k, v in cfg.items() if k != "model"}), _flatten(
+        {k: v for k, v in stored.items() if k != "model"}
+    )
+    diffs = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(new) | set(old))
+        if k not in RESUME_MAY_CHANGE and new.get(k) != old.get(k)
+    ]
+    stored_model = stored.get("model", {})
+    diffs += [
+        f"model.{k}: {stored_model.get(k)!r} -> {v!r}"
+        for k, v in (cfg.get("model") or {}).items()
+        if k != "dtype" and stored_model.get(k) != v
+    ]
+    if diffs:
+        raise ConfigError(
+            f"--resume {path}: the config differs from the interrupted run's ({'; '.join(diffs)}); only "
+            f"{list(RESUME_MAY_CHANGE)} may change"
+        )
+
+
+def _load_data(cfg: Dict[str, Any], out_dir: Path, ctx: Any):
+    """(all samples, splits dict, train, val, test, hashes)."""
+    from maskpot.data.dataset import AtomicDataset, load_or_create_splits, load_splits
+    from maskpot.data.io import read_dataset
+
+    d = cfg["data"]
+    if not d["path"]:
+        raise ConfigError("key 'data.path' is required (file or folder of frames)")
+    samples = read_dataset(d["path"], format=d["format"])
+    n = len(samples)
+    sizes = d["splits"] if d["splits"] is not None else dict(DEFAULT_SPLITS)
+    if d["test_path"] and d["splits"] is None:
+        sizes = {"train": 0.9, "val": 0.1}
+    split_file = Path(d["split_file"]) if d["split_file"] else out_dir / "splits.npz"
+    if ctx.is_main:
+        splits = load_or_create_splits(split_file, n, sizes, seed=int(d["seed"]))
+    ctx.barrier()
+    if not ctx.is_main:
+        splits = load_splits(split_file, n)
+    train = [samples[int(i)] for i in splits["train"]]
+    val = [samples[int(i)] for i in splits["val"]]
+    if d["test_path"]:
+        test = read_dataset(d["test_path"], format=d["test_format"])
+        test_hash = AtomicDataset(test).data_hash()
+    else:
+        test = [samples[int(i)] for i in splits["test"]]
+        test_hash = None
+    hashes = {"data": AtomicDataset(samples).data_hash(), "test_file": test_hash, "split_file": str(split_file)}
+    return samples, splits, train, val, test, hashes
+
+
+def _build_model(cfg: Dict[str, Any], objective: Any, species: List[int], resume_ckpt: Optional[Dict[str, Any]]):
+    """(model, init report). Architecture: from the resume checkpoint, the init checkpoint, or cfg."""
+    from maskpot.models import build_model
+    from maskpot.training import setup
+
+    t, init = cfg["train"], cfg["init"]
+    user = dict(cfg["model"] or {})
+    if user.get("dtype", t["dtype"]) != t["dtype"]:
+        raise ConfigError(f"key 'model.dtype' ({user['dtype']}) differs from 'train.dtype' ({t['dtype']}): set only train.dtype")
+    user["dtype"] = t["dtype"]
+    wants_vectors = objective.prediction_key == "vectors"
+    if wants_vectors:
+        if user.get("vector_head") is False:
+            raise ConfigError("objective.use_vector_head is true but model.vector_head is false")
+        user["vector_head"] = True
+    report: Dict[str, Any] = {}
+    if resume_ckpt is not None:
+        mc = dict(resume_ckpt["model_config"])
+        mc["dtype"] = t["dtype"]
+        model = build_model(mc)
+    elif init["checkpoint"]:
+        if cfg["task"] == "energy_force" and "vector_head" not in user:
+            user["vector_head"] = False  # the pretraining head is not needed to fit energies/forces
+        model, report = setup.build_from_init(init["checkpoint"], user, use_ema=init["use_ema"])
+        report = {"checkpoint": init["checkpoint"], "loaded": len(report["loaded"]),
+                  "not_in_checkpoint": report["not_in_checkpoint"],
+                  "ignored_from_checkpoint": report["ignored_from_checkpoint"], "source_task": report["source_task"]}
+        if init["reset_heads"]:
+            report["reset"] = setup.reset_heads(model, seed=int(t["seed"]))
+    else:
+        if "name" not in user:
+            raise ConfigError("key 'model.name' is required when training from scratch (egnn | gns | painn)")
+        user.setdefault("species", species)
+        model = build_model(user)
+    setup.check_species(model, species, f"data {cfg['data']['path']}")
+    if init["freeze_encoder"]:
+        frozen, trainable = setup.freeze_encoder(model)
+        report["frozen_parameters"], report["trainable_parameters"] = frozen, trainable
+    return model, report
+
+
+def run_training(
+    cfg: Dict[str, Any], resume: bool = False, callbacks: Sequence[Any] = (), argv: Optional[Sequence[str]] = None
+) -> Dict[str, Any]:
+    """Run (or resume) the training described by the resolved config ``cfg``; returns a summary.
+
+    ``callbacks`` are called after every epoch as ``cb(trainer, row)`` (tests use them to
+    simulate an interruption).
+    """
+    from maskpot.training.checkpoint import load_checkpoint
+    from maskpot.training.distributed import init_from_env
+    from maskpot.training.evaluate import evaluate
+    from maskpot.training.metrics_log import MetricsLogger
+    from maskpot.training.objectives import build_objective
+    from maskpot.training.setup import fit_normalization
+    from maskpot.training.trainer import Trainer
+
+    cfg = copy.deepcopy(cfg)
+    t = cfg["train"]
+    started = time.time()
+    ctx = init_from_env(t["device"])
+    try:
+        if t["num_threads"]:
+            torch.set_num_threads(int(t["num_threads"]))
+        seed_everything(int(t["seed"]))
+        out_dir = Path(cfg["output"]["dir"])
+        last = out_dir / "last.pt"
+        resume_ckpt = None
+        if resume:
+            if not last.is_file():
+                raise ConfigError(f"--resume: {last} not found (output.dir = {out_dir})")
+            resume_ckpt = load_checkpoint(last)
+            _check_resume_config(cfg, resume_ckpt.get("train_config") or {}, last)
+        elif last.exists():
+            raise ConfigError(f"{out_dir} already holds a run (last.pt): pass --resume to continue it or choose another output.dir")
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        ctx.barrier()
+
+        samples, splits, train, val, test, hashes = _load_data(cfg, out_dir, ctx)
+        species = sorted({int(z) for s in list(samples) + list(test) for z in np.unique(s.numbers)})
+        objective = build_objective(cfg["task"], cfg["objective"])
+        model, init_report = _build_model(cfg, objective, species, resume_ckpt)
+        norm = None
+        if resume_ckpt is None and cfg["task"] == "energy_force":
+            norm = fit_normalization(model, train)
+            log.info("normalisation from %d training frames: %s", len(train), norm)
+        cfg["model"] = dict(model.config)
+        if ctx.is_main:
+            save_config(cfg, out_dir / "config.yaml")
+        data_hash = hashes["data"] if not hashes["test_file"] else f"{hashes['data']}+{hashes['test_file']}"
+        meta = {"task": cfg["task"], "data_hash": data_hash}
+        trainer = Trainer(model, objective, cfg, train, val, out_dir, ctx=ctx, meta=meta, callbacks=callbacks)
+        if resume_ckpt is not None:
+            trainer.load_resume(last)
+            log.info("resumed from %s at epoch %d, step %d", last, trainer.epoch, trainer.step)
+        run_info: Dict[str, Any] = {
+            "status": "running",
+            "task": cfg["task"],
+            "config": cfg,
+            "seed": int(t["seed"]),
+            "versions": versions(),
+            "data_hash": hashes,
+            "n_frames": {"train": len(train), "val": len(val), "test": len(test)},
+            "species": list(model.species),
+            "normalization": model.get_normalization() if hasattr(model, "get_normalization") else norm,
+            "init": init_report,
+            "world_size": ctx.world_size,
+            "argv": list(argv) if argv is not None else None,
+            "resumed_at": {"epoch": trainer.epoch, "step": trainer.step} if resume_ckpt is not None else None,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        if resume and ctx.is_main and (out_dir / "run.json").is_file():
+            prev = json.loads((out_dir / "run.json").read_text())
+            run_info["started"] = prev.get("started", run_info["started"])
+            run_info["resumed"] = prev.get("resumed", []) + [run_info["resumed_at"]]
+        if ctx.is_main:
+            atomic_write_json(out_dir / "run.json", run_info)
+        logger = MetricsLogger(out_dir, tensorboard=cfg["output"]["tensorboard"], resume=resume) if ctx.is_main else None
+        if logger is not None and resume:
+            logger.truncate(trainer.epoch)
+        try:
+            summary = trainer.fit(logger)
+        except BaseException:
+            if ctx.is_main:
+                run_info["status"] = "interrupted"
+                atomic_write_json(out_dir / "run.json", run_info)
+            raise
+        finally:
+            if logger is not None:
+                if cfg["output"]["plot"]:
+                    try:
+                        logger.plot()
+                    except Exception as exc:  # plotting must never lose a run
+                        log.warning("learning-curve plot failed: %s", exc)
+                logger.close()
+
+        # test metrics with the best weights (EMA when present, as validated)
+        ctx.barrier()
+        best = out_dir / "best.pt" if (out_dir / "best.pt").is_file() else last
+        data = load_checkpoint(best)
+        model.load_state_dict(data["ema_state"] if data.get("ema_state") is not None else data["model_state"])
+        test_metrics: Dict[str, Any] = {"checkpoint": best.name, "n_frames": len(test)}
+        if test:
+            test_metrics.update(
+                evaluate(model, test, objective, batch_size=trainer.eval_batch_size, dtype=trainer.dtype,
+                         device=trainer.device, seed=int(t["seed"]), ctx=ctx)
+            )
+        summary["test"] = test_metrics
+        summary["elapsed_s"] = time.time() - started
+        if ctx.is_main:
+            atomic_write_json(out_dir / "test_metrics.json", test_metrics)
+            run_info.update(status="finished", summary=summary, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            atomic_write_json(out_dir / "run.json", run_info)
+            log.info("done: %s", summary)
+        return summary
+    finally:
+        ctx.close()
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="maskpot-train",
+        description="Train a maskpot model: masked / denoising pretraining, fine-tuning (--init) or from scratch.",
+    )
+    p.add_argument("config", nargs="?", help="YAML config (default with --resume: OUTPUT/config.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, dotted, YAML value (repeatable), e.g. --set train.lr=3e-4")
+    p.add_argument("--init", metavar="CKPT", help="start from this checkpoint (same as --set init.checkpoint=CKPT)")
+    p.add_argument("--output", "-o", metavar="DIR", help="run folder (same as --set output.dir=DIR)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output folder from last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    overrides = list(args.overrides)
+    if args.output:
+        overrides.append(f"output.dir={args.output}")
+    if args.init:
+        overrides.append(f"init.checkpoint={args.init}")
+    if args.no_progress:
+        overrides.append("output.progress=false")
+    path = args.config
+    if path is None:
+        if not args.resume:
+            raise ConfigError("a config file is required (or --resume with --output DIR)")
+        out = args.output or next((o.split("=", 1)[1] for o in args.overrides if o.startswith("output.dir=")), None)
+        if not out:
+            raise ConfigError("--resume without a config file needs --output DIR")
+        path = Path(out) / "config.yaml"
+    return load_config(path, overrides)
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger("maskpot")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``maskpot-train`` (returns the exit status; errors exit with status 2)."""
+    args = train_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"maskpot-train: error: {exc}", file=sys.stderr)
+        return 2
+    run_training(cfg, resume=args.resume, argv=list(argv) if argv is not None else sys.argv[1:])
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# maskpot-eval
+# ------------------------------------------------------------------------------------------
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maskpot-eval", description="Energy/force errors of a checkpoint on a dataset.")
+    p.add_argument("checkpoint", help="maskpot checkpoint (.pt)")
+    p.add_argument("data", help="dataset file or folder (any format read_dataset reads)")
+    p.add_argument("--format", default=None, help="data format (default: from the path)")
+    p.add_argument("--split-file", default=None, help="splits.npz of a run: evaluate only --subset of it")
+    p.add_argument("--subset", default="test", choices=("train", "val", "test"), help="subset of --split-file")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def format_table(metrics: Dict[str, Any], title: str) -> str:
+    rows = [
+        ("energy (meV)", "energy_mae_meV", "energy_rmse_meV"),
+        ("energy (meV/atom)", "energy_mae_meV_per_atom", "energy_rmse_meV_per_atom"),
+        ("forces (meV/Å)", "force_mae_meV_per_A", "force_rmse_meV_per_A"),
+    ]
+    lines = [title, f"{'quantity':<20}{'MAE':>12}{'RMSE':>12}"]
+    for name, mae, rmse in rows:
+        if mae in metrics:
+            lines.append(f"{name:<20}{metrics[mae]:>12.3f}{metrics[rmse]:>12.3f}")
+    lines.append(f"{'frames':<20}{metrics.get('n_frames', 0):>12d}")
+    return "\n".join(lines)
+
+
+def eval_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``maskpot-eval``: prints a table and optionally writes JSON."""
+    from maskpot.data.dataset import load_splits
+    from maskpot.data.io import read_dataset
+    from maskpot.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from maskpot.training.evaluate import evaluate
+
+    args = eval_parser().parse_args(argv)
+    samples = read_dataset(args.data, format=args.format)
+    if args.split_file:
+        idx = load_splits(args.split_file, len(samples))[args.subset]
+        samples = [samples[int(i)] for i in idx]
+    ckpt = load_checkpoint(args.checkpoint)
+    use_ema = not args.no_ema and ckpt.get("ema_state") is not None
+    model = model_from_checkpoint(args.checkpoint, use_ema=use_ema).to(args.device)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[model.config.get("dtype", "float32")]
+    t0 = time.perf_counter()
+    metrics: Dict[str, Any] = evaluate(model, samples, None, batch_size=args.batch_size, dtype=dtype,
+                                       device=torch.device(args.device))
+    elapsed = time.perf_counter() - t0
+    subset = f"{args.subset} of {args.split_file}" if args.split_file else "all frames"
+    title = f"{args.checkpoint} ({'EMA' if use_ema else 'raw'} weights) on {args.data} [{subset}]"
+    print(format_table(metrics, title))
+    if args.json_out:
+        atomic_write_json(args.json_out, {
+            **metrics, "checkpoint": str(args.checkpoint), "data": str(args.data), "subset": subset,
+            "weights": "ema" if use_ema else "raw", "eval_time_s": elapsed, "versions": versions(),
+        })
+    return 0
+
+
+if __name__ == "__main__":  # torchrun -m maskpot.training.cli ...
+    sys.exit(train_main())
