@@ -309,7 +309,8 @@ class MaskElements(Transform):
     3. ``mask = target_weight = 1`` for remaining atoms whose nearest removed atom lies within
        ``radius`` Å; others get 0 and a zero target (their direction to a far-away hole is not
        a local property the model can infer). ``radius=None`` flags every remaining atom, which
-       is the reference code's rMD17 setting.
+       is the reference code's rMD17 setting (there the minimum image is exact only for
+       separations below half the shortest cell width, see ``maskpot.data.molecules``).
 
     Why ``radius = 1.6`` Å by default: it covers every covalent bond to H (C-H 1.09, N-H 1.01,
     O-H 0.96 Å) and the heavy-atom bonds to O/N (C-O 1.43, C=O 1.23, C-N 1.47 Å), and on a water

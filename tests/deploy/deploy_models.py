@@ -142,3 +142,22 @@ def molecule(seed: int = 0):
     numbers = [6, 6, 6, 6, 6, 6, 6, 8, 8, 8, 8, 6, 6, 1, 1, 1, 1, 1, 1, 1, 1]
     rng = np.random.default_rng(seed)
     return Atoms(numbers=numbers, positions=pos + rng.normal(scale=0.05, size=pos.shape), pbc=False)
+
+
+def water_topology(atoms):
+    """openmm.app.Topology (HOH residues O, H1, H2 with bonds) with the atoms' box."""
+    import openmm.app as app
+    from openmm import Vec3, unit
+
+    top = app.Topology()
+    chain = top.addChain()
+    for k in range(len(atoms) // 3):
+        res = top.addResidue("HOH", chain)
+        o = top.addAtom("O", app.element.oxygen, res)
+        h1 = top.addAtom("H1", app.element.hydrogen, res)
+        h2 = top.addAtom("H2", app.element.hydrogen, res)
+        top.addBond(o, h1)
+        top.addBond(o, h2)
+    if atoms.pbc.all():
+        top.setPeriodicBoxVectors([Vec3(*row) for row in np.asarray(atoms.cell)] * unit.angstrom)
+    return top

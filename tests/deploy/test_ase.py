@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_stress
 
 from conftest import MODEL_NAMES
 from deploy_models import make_model, molecule, water_box
@@ -50,7 +51,7 @@ def test_stress_matches_finite_differences(exported, name):
     atoms.calc = MaskpotCalculator(path)
     stress = atoms.get_stress()
     assert stress.shape == (6,)
-    numerical = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)  # ASE's own convention
+    numerical = calculate_numerical_stress(atoms, eps=1e-5)  # ASE's own convention
     np.testing.assert_allclose(stress, numerical, atol=1e-7 * max(1.0, np.abs(numerical).max() * 1e3), rtol=1e-5)
     full = atoms.get_stress(voigt=False)
     np.testing.assert_allclose(full, full.T)

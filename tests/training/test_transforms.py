@@ -179,6 +179,16 @@ def test_mask_water_uses_given_molecule_index_any_atom_order():
         np.testing.assert_allclose(extras["target_vectors"][j], ref / np.linalg.norm(ref), atol=1e-10)
 
 
+def test_mask_water_count_rule():
+    assert MaskWater(ratio=0.3).n_masked(27) == 8
+    assert MaskWater(ratio=0.5).n_masked(27) == 14  # half rounds up
+    assert MaskWater(ratio=0.1).n_masked(3) == 1  # at least one molecule per frame by default
+    assert MaskWater(ratio=0.1, min_masked=0).n_masked(3) == 0
+    assert MaskWater(ratio=1.0).n_masked(5) == 5 and MaskWater().n_masked(0) == 0
+    with pytest.raises(ValueError, match="ratio"):
+        MaskWater(ratio=0.0)
+
+
 def test_mask_water_open_boundaries_and_collate():
     w = Sample(positions=_water(np.zeros(3), np.random.default_rng(0)), numbers=[8, 1, 1])
     t = MaskWater(ratio=0.5)
