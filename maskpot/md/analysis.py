@@ -226,12 +226,18 @@ def rdf_distance(r: np.ndarray, g_a: np.ndarray, g_b: np.ndarray) -> Dict[str, f
 
 
 def coordination_number(r: np.ndarray, g: np.ndarray, density: float, r_cut: float) -> float:
-    """Running coordination number ``4π ρ ∫_0^r_cut g(r) r² dr`` (ρ in atoms/Å³, r in Å)."""
+    """Running coordination number ``4π ρ ∫_0^r_cut g(r) r² dr`` (ρ in atoms/Å³, r in Å).
+
+    ``r`` are bin centres of equal width; each bin contributes its exact shell volume
+    ``4π/3 (r_out³ - r_in³)`` (the normalisation mdtraj uses), so a lattice gives integers.
+    For a like-pair g(r) from mdtraj (normalised with N(N-1)/2 pairs) use ``density = (N-1)/V``.
+    """
     r = np.asarray(r, dtype=np.float64)
     g = np.asarray(g, dtype=np.float64)
     dr = float(np.mean(np.diff(r)))
     sel = r <= r_cut
-    return float(4.0 * math.pi * density * np.sum(g[sel] * r[sel] ** 2) * dr)
+    shells = 4.0 * math.pi / 3.0 * ((r[sel] + dr / 2) ** 3 - np.clip(r[sel] - dr / 2, 0, None) ** 3)
+    return float(density * np.sum(g[sel] * shells))
 
 
 # --------------------------------------------------------------------------------------------

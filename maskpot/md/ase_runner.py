@@ -144,7 +144,12 @@ def run_ase(
             opt.run(fmax=0.05, steps=s.minimize_iterations)
             log(f"minimised (BFGS, {opt.get_number_of_steps()} steps): E_pot = {atoms.get_potential_energy():.4f} eV")
         rng = np.random.default_rng(np.random.SeedSequence([s.seed, 29]))
-        MaxwellBoltzmannDistribution(atoms, temperature_K=s.temperature, rng=rng)
+        try:  # ASE >= 3.29
+            from ase.md.velocitydistribution import thermalize_momenta
+
+            thermalize_momenta(atoms, s.temperature, rng=rng)
+        except ImportError:
+            MaxwellBoltzmannDistribution(atoms, temperature_K=s.temperature, rng=rng)
         Stationary(atoms)
         if not atoms.pbc.any():
             ZeroRotation(atoms)
@@ -154,7 +159,7 @@ def run_ase(
         if s.ensemble == "nvt":
             rng = np.random.default_rng(np.random.SeedSequence([s.seed, 31, step]))
             return Langevin(atoms, s.timestep * units.fs, temperature_K=s.temperature,
-                            friction=s.friction / (1000.0 * units.fs), fixcm=s.remove_cm_motion, rng=rng)
+                            friction=s.friction / (1000.0 * units.fs), fixcm=False, rng=rng)
         return VelocityVerlet(atoms, s.timestep * units.fs)
 
     dyn = make_dyn(step0)
@@ -165,8 +170,9 @@ def run_ase(
         writer.writerow(CSV_COLUMNS)
         csv_fh.flush()
     last = {"wall": time.perf_counter(), "step": step0, "good_step": step0 if resuming else None}
-    # temperature with the same degrees of freedom as ASE: 3N (minus 3 when the COM is fixed)
-    dof = 3 * n_atoms - (3 if s.remove_cm_motion else 0)
+    # temperature with ASE's convention: 3N degrees of freedom (the COM is not constrained;
+    # its momentum is zeroed at the start)
+    dof = 3 * n_atoms
 
     def record(step: int, write: bool) -> None:
         pos = atoms.get_positions()

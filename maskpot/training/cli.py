@@ -336,7 +336,14 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"maskpot-train: error: {exc}", file=sys.stderr)
         return 2
-    run_training(cfg, resume=args.resume, argv=list(argv) if argv is not None else sys.argv[1:])
+    from maskpot.data.validate import DataValidationError
+    from maskpot.training.checkpoint import CheckpointError
+
+    try:
+        run_training(cfg, resume=args.resume, argv=list(argv) if argv is not None else sys.argv[1:])
+    except (ConfigError, CheckpointError, DataValidationError) as exc:
+        print(f"maskpot-train: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

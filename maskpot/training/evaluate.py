@@ -8,8 +8,7 @@ data-parallel ranks add them with one all-reduce): ``loss`` (frame-weighted mean
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch

@@ -137,9 +137,8 @@ class Trainer:
         if not self.params:
             raise ValueError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(self.params, lr=float(self.t["lr"]), weight_decay=float(self.t["weight_decay"]))
+        # The schedule spans `epochs`; max_steps only stops the run (it can be lifted on resume).
         total = self.steps_per_epoch * int(self.t["epochs"])
-        if self.t["max_steps"]:
-            total = min(total, int(self.t["max_steps"]))
         self.schedule = LRSchedule(
             self.t["scheduler"],
             float(self.t["lr"]),

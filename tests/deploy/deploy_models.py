@@ -161,3 +161,11 @@ def water_topology(atoms):
     if atoms.pbc.all():
         top.setPeriodicBoxVectors([Vec3(*row) for row in np.asarray(atoms.cell)] * unit.angstrom)
     return top
+
+
+class Unscriptable(ToyPair):
+    """Follows the contract but cannot be compiled by TorchScript (for the atomic-write test)."""
+
+    def forward(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        out = super().forward(data)
+        return {k: v for k, v in sorted(out.items(), key=lambda kv: kv[0])}
