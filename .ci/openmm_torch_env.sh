@@ -38,8 +38,8 @@ fi
 
 # Fail loudly (not skip) when the TorchForce plugin cannot be loaded in this environment.
 "$VENV/bin/python" - <<'PY'
-import torch, openmm, openmmtorch
+import importlib.metadata, torch, openmm, openmmtorch
 print(f"openmm-torch env: torch {torch.__version__}, openmm {openmm.__version__}, "
-      f"openmmtorch {getattr(openmmtorch, '__version__', '?')}")
+      f"openmmtorch {importlib.metadata.version('openmmtorch')}")
 PY
 MASKPOT_REQUIRE_OPENMM_TORCH=1 "$VENV/bin/python" -m pytest -m openmm_torch tests/deploy -q "$@"

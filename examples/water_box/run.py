@@ -40,16 +40,16 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 
 SMALL = dict(
-    n_molecules=64, box=12.42, pretrain_seeds=[1, 2], pretrain_frames=100, label_seed=3, label_frames=150,
-    every=50, equilibration_steps=2000, label_splits="{train: 40, val: 20, test: 90}",
+    n_molecules=64, box=12.42, pretrain_seeds=[1, 2], pretrain_frames=100, label_seed=3, label_frames=200,
+    every=50, equilibration_steps=2000, label_splits="{train: 100, val: 20, test: 80}",
     model=["model.name=egnn", "model.hidden_channels=32", "model.num_layers=3", "model.cutoff=3.5"],
-    pretrain_epochs=4, finetune_epochs=15, batch_size=8,
+    pretrain_epochs=10, finetune_epochs=30, batch_size=8, lr=["train.lr=1e-3", "train.min_lr=1e-5"],
     md_equilibrate=2000, md_steps=4000, md_report=50, nve_steps=1000,
 )
 FULL = dict(
     n_molecules=258, box=20.0, pretrain_seeds=list(range(1, 10)), pretrain_frames=1000, label_seed=10,
     label_frames=1000, every=50, equilibration_steps=None, label_splits="{train: 0.8, val: 0.1, test: 0.1}",
-    model=[], pretrain_epochs=None, finetune_epochs=None, batch_size=None,
+    model=[], pretrain_epochs=None, finetune_epochs=None, batch_size=None, lr=[],
     md_equilibrate=10000, md_steps=20000, md_report=100, nve_steps=4000,
 )
 
@@ -99,6 +99,7 @@ def train(name: str, config: str, out: Path, overrides: List[str], init: Optiona
 
 def stage_train(out: Path, p: Dict[str, Any], data: Dict[str, Path], denoise: bool) -> Dict[str, Path]:
     common = [f"train.num_threads={p['threads']}", "output.tensorboard=false"]
+    common += list(p["lr"])
     arch = list(p["model"])  # fine-tuning takes the architecture from the pretrained checkpoint
     if p["batch_size"]:
         common.append(f"train.batch_size={p['batch_size']}")
@@ -229,7 +230,8 @@ def stage_report(out: Path, p: Dict[str, Any], runs: Dict[str, Path], md_res: Di
     banner("analysis and report")
     ana: Dict[str, Any] = {}
     learned_traj = out / "md_learned" / "traj.dcd"
-    if learned_traj.exists():
+    n_good = (md_res.get("learned", {}).get("steps_done") or 0) // p["md_report"] + 1
+    if learned_traj.exists() and n_good >= 5:
         ana = analyze_run(learned_traj, out / "md_learned" / "topology.pdb", out / "md_tip3p" / "traj.dcd",
                           out / "md_tip3p" / "topology.pdb", out=out / "analysis", label="learned (fine-tuned)",
                           reference_label="TIP3P", skip_fraction=0.1)
@@ -251,16 +253,18 @@ def stage_report(out: Path, p: Dict[str, Any], runs: Dict[str, Path], md_res: Di
         if name in ("mask", "denoise") or not tm_path.exists():
             continue
         tm = json.loads(tm_path.read_text())
-        rows.append((name, _metric(tm, "energy", "mae"), _metric(tm, "force", "mae"), _metric(tm, "energy", "rmse"),
-                     _metric(tm, "force", "rmse"), tm.get("n_frames")))
+        rows.append((name, tm.get("energy_mae_meV_per_atom", _metric(tm, "energy", "mae")),
+                     tm.get("force_mae_meV_per_A", _metric(tm, "force", "mae")),
+                     tm.get("energy_rmse_meV_per_atom", _metric(tm, "energy", "rmse")),
+                     tm.get("force_rmse_meV_per_A", _metric(tm, "force", "rmse")), tm.get("n_frames")))
     lines = ["# Water box: masked pretraining → fine-tuning → MD vs the TIP3P teacher", ""]
     lines.append(f"{p['n_molecules']} water molecules in a {p['box']} Å cubic box (flexible TIP3P, OpenMM, 300 K). "
                  f"Pretraining: {len(p['pretrain_seeds'])} trajectories x {p['pretrain_frames']} frames (positions only, "
                  f"masked-H task); fine-tuning: an independent trajectory of {p['label_frames']} labelled frames, "
                  f"split {p['label_splits']}.\n")
     lines.append("## Test errors (energy_force fine-tuning; test frames of the labelled trajectory)\n")
-    lines.append("Units as written by maskpot-eval (energy per atom when the config says per_atom_energy).\n")
-    lines.append(markdown_table(["run", "energy MAE", "force MAE", "energy RMSE", "force RMSE", "test frames"], rows))
+    lines.append(markdown_table(["run", "energy MAE (meV/atom)", "force MAE (meV/Å)", "energy RMSE (meV/atom)",
+                                 "force RMSE (meV/Å)", "test frames"], rows))
     lines.append("![learning curves](learning_curves.png)\n")
     lines.append("## MD in OpenMM (learned = fine-tuned model, exported, PythonForce)\n")
     mrows = []

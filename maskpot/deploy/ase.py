@@ -15,6 +15,7 @@ asking for their stress raises ``PropertyNotImplementedError``.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -25,7 +26,6 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from maskpot.deploy.export import (
     ExportedPotential,
-    ExportError,
     call_exported,
     load_exported,
     resolve_dtype,
@@ -58,7 +58,9 @@ def load_potential(model: ModelLike, device: Union[str, torch.device] = "cpu"):
         from maskpot.training.checkpoint import model_from_checkpoint
 
         model = model_from_checkpoint(path)  # CheckpointError for anything else
-    if not isinstance(model, torch.nn.Module):
+    elif isinstance(model, torch.nn.Module):
+        model = copy.deepcopy(model)  # casting to a device/dtype must not touch the caller's module
+    else:
         raise TypeError(f"MaskpotCalculator: model must be a file path or a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, ExportedPotential) or (
         isinstance(model, torch.jit.ScriptModule) and hasattr(model, "known_species")

@@ -146,9 +146,13 @@ class ExportedPotential(torch.nn.Module):
                 "unknown element(s) with atomic number {}; this model knows {}".format(bad, self.species)
             )
         dtype = self.dtype_ref.dtype
+        pos = positions.to(dtype)
+        if not pos.requires_grad:
+            # a fresh leaf: the model may call requires_grad_() on it, the caller's tensor stays as is
+            pos = pos.detach()
         pbc_b = pbc.to(torch.bool)
         batch = {
-            "positions": positions.to(dtype),
+            "positions": pos,
             "numbers": numbers,
             "cell": cell.to(dtype).unsqueeze(0),
             "pbc": pbc_b.unsqueeze(0),

@@ -16,7 +16,7 @@ boxes), polynomial envelope p=6.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +40,7 @@ class PaiNNMessage(nn.Module):
         ds, dv_v, dv_r = torch.split(x, f, dim=-1)
         dv = dv_r.unsqueeze(1) * unit.unsqueeze(-1)  # [E, 3, F]
         if not first:  # v == 0 in the first layer
-            dv = dv + dv_v.unsqueeze(1) * v.index_select(0, j)
+            dv = torch.addcmul(dv, dv_v.unsqueeze(1), v.index_select(0, j))
         return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)
 
 
@@ -116,8 +116,10 @@ class PaiNN(EnergyModel):
         h = hidden_channels
         self.num_layers = int(num_layers)
         self.shared_filters = bool(shared_filters)
-        # One linear map rbf -> filters of every layer (3F each), or one set shared by all layers.
-        self.filter_net = nn.Linear(num_rbf, 3 * h if shared_filters else 3 * h * num_layers)
+        # Linear maps rbf -> filters (3F per layer); one shared by all layers with shared_filters.
+        self.filter_nets = nn.ModuleList(
+            [nn.Linear(num_rbf, 3 * h) for _ in range(1 if shared_filters else num_layers)]
+        )
         self.messages = nn.ModuleList([PaiNNMessage(h, activation) for _ in range(num_layers)])
         self.updates = nn.ModuleList([PaiNNUpdate(h, activation) for _ in range(num_layers)])
         self.energy_head = mlp([h, h // 2, 1], activation)
@@ -132,13 +134,14 @@ class PaiNN(EnergyModel):
         i, j = edge_index[0], edge_index[1]
         _, unit, rbf, env = self.radial(edge_vec)
         f = self.hidden_channels
-        filters = self.filter_net(rbf) * env.unsqueeze(-1)
+        env = env.unsqueeze(-1)
+        filters: List[Tensor] = [net(rbf) * env for net in self.filter_nets]
         n = h0.shape[0]
         s = h0
         v = torch.zeros(n, 3, f, dtype=h0.dtype, device=h0.device)
         k = 0
         for message, update in zip(self.messages, self.updates):
-            filt = filters if self.shared_filters else filters[:, 3 * f * k : 3 * f * (k + 1)]
+            filt = filters[0] if self.shared_filters else filters[k]
             s, v = message(s, v, i, j, filt, unit, k == 0)
             s, v = update(s, v)
             k += 1

@@ -95,6 +95,7 @@ def test_cli_errors(checkpoint, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:DeprecationWarning")
 def test_api_refused_inputs(tmp_path):
     model = make_model("toy-energy")
     with pytest.raises(ValueError, match="unsupported dtype"):
@@ -170,3 +171,21 @@ def test_real_model_metadata(exported, name):
     assert meta["model"] == name and meta["kind"] == model.kind
     assert meta["cutoff"] == pytest.approx(model.cutoff) and meta["species"] == model.species
     assert meta["model_config"]["name"] == name
+
+
+def test_ase_calculator_from_checkpoint(checkpoint, tmp_path):
+    from maskpot.deploy.ase import MaskpotCalculator
+
+    path, model, _ = checkpoint
+    out = tmp_path / "model.pt"
+    export_model(path, out, dtype="float64")
+    atoms = water_box()
+    atoms.calc = MaskpotCalculator(path, dtype="float64")  # checkpoint, EMA weights
+    e_ckpt, f_ckpt = atoms.get_potential_energy(), atoms.get_forces()
+    atoms.calc = MaskpotCalculator(out)
+    assert atoms.get_potential_energy() == pytest.approx(e_ckpt, rel=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), f_ckpt, atol=1e-9)
+    with pytest.raises(CheckpointError):
+        bad = tmp_path / "text.ckpt"
+        bad.write_text("nothing")
+        MaskpotCalculator(bad)

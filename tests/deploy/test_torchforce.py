@@ -48,11 +48,11 @@ def test_torchforce_equals_pythonforce(exported, name, dtype):
     path, _ = exported(name, dtype)
     for atoms in (water_box(), molecule()):
         periodic = bool(atoms.pbc.all())
-        torch_sys = ml_system(atoms, create_force(path, atoms.numbers, backend="torch", periodic=periodic))
-        py_sys = ml_system(atoms, create_force(path, atoms.numbers, backend="python", periodic=periodic))
-        force = torch_sys.getForce(0)
+        force = create_force(path, atoms.numbers, backend="torch", periodic=periodic)
         assert type(force).__name__ == "TorchForce" and force.getOutputsForces()
         assert force.usesPeriodicBoundaryConditions() == periodic
+        torch_sys = ml_system(atoms, force)
+        py_sys = ml_system(atoms, create_force(path, atoms.numbers, backend="python", periodic=periodic))
         for plat in ("Reference", "CPU"):
             _compare(evaluate(torch_sys, atoms.positions, plat), evaluate(py_sys, atoms.positions, plat), dtype,
                      f"{name} {dtype} {plat} periodic={periodic}")

@@ -1,0 +1,651 @@
+#!/usr/bin/env python
+"""Scratch vs denoising pretraining vs masked pretraining, with identical fine-tuning budgets.
+
+    python experiments/compare_pretraining.py                      # default: rMD17 aspirin, PaiNN, 50 labels, 3 seeds
+    python experiments/compare_pretraining.py --dataset rmd17:ethanol --labels 25 50 100
+    python experiments/compare_pretraining.py --dataset water-dft --model egnn --seeds 0 1
+
+For one dataset, one model and several seeds, every seed runs:
+
+* ``pretrain_mask`` and ``pretrain_denoise``: self-supervised pretraining on the *unlabelled*
+  configurations of the training pool (the pool's frames are written to
+  ``OUT/data/pretrain_unlabelled.npz`` without energies and forces, so no label can reach the
+  pretraining stage; the pretraining transforms drop labels as well);
+* for every ``N`` in ``--labels``: fine-tuning on ``N`` labelled frames drawn from the same pool
+  (nested subsets: the first ``N`` of a seed-dependent permutation), (a) from scratch, (b) from
+  the denoising checkpoint, (c) from the masking checkpoint. The three fine-tuning runs share one
+  config (epochs, batch size, learning-rate schedule, loss weights, seed, splits); only
+  ``init.checkpoint`` differs (and the architecture, which comes from the checkpoint, is the
+  same by construction).
+
+Validation frames (fixed over seeds) select ``best.pt``; test errors are measured on frames that
+are neither in the pool nor in the validation set (rMD17: the separate ``test_01`` file).
+
+Everything goes through maskpot's public training API: each run is
+``load_config(<repo config>, overrides)`` + ``run_training(cfg)``, i.e. exactly
+``maskpot-train <repo config> --set ...`` (the equivalent command lines are written to
+``OUT/commands.sh``; each run folder holds its resolved ``config.yaml``).
+
+Outputs under ``--out``: ``data/`` (unlabelled pretraining file, generated TIP3P data, test
+subset), ``splits/``, ``runs/<run>/`` (maskpot run folders), ``configs/<run>.yaml``,
+``commands.sh``, ``summary.json``, ``convergence.png`` (validation force MAE per epoch, mean ±
+std over seeds, one panel per label count), ``accuracy_vs_labels.png``; a markdown table is
+appended to ``experiments/RESULTS.md`` (``--results-md``).
+
+Resumable: a run whose ``test_metrics.json`` exists is skipped, an interrupted one (``last.pt``
+without ``test_metrics.json``) is resumed exactly; a run folder whose stored config differs from
+the requested one is an error (use another ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
+STRATEGIES = ("scratch", "denoise", "mask")
+MODELS = ("egnn", "gns", "painn")
+RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde", "naphthalene",
+                   "paracetamol", "salicylic", "toluene", "uracil")
+FORCE_COL = "val_force_mae_meV_per_A"
+
+log = logging.getLogger("compare_pretraining")
+
+
+# ------------------------------------------------------------------------------------------
+# datasets
+# ------------------------------------------------------------------------------------------
+@dataclass
+class DatasetPlan:
+    """Where the frames come from and how they are split (indices into ``labelled``)."""
+
+    name: str
+    kind: str  # "rmd17" | "water"
+    labelled: Path  # file/folder with labelled frames (pool, val, and test unless test_path)
+    test_path: Optional[Path]  # separate test file (rMD17), else test = ``test_idx`` of labelled
+    n_frames: int
+    pool_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    configs: Dict[str, Path]  # strategy stage -> repo config used as the base
+    pretrain_file: Path = Path()
+    mask_objective: List[str] = field(default_factory=list)
+    n_test: int = 0
+
+
+def parse_dataset(spec: str) -> Tuple[str, str]:
+    """``water-dft`` | ``tip3p`` | ``rmd17:<molecule>`` -> (kind, name)."""
+    if spec in ("water-dft", "tip3p"):
+        return "water", spec
+    if spec.startswith("rmd17:"):
+        mol = spec.split(":", 1)[1]
+        if mol not in RMD17_MOLECULES:
+            raise ValueError(f"--dataset {spec}: unknown rMD17 molecule {mol!r} (one of {', '.join(RMD17_MOLECULES)})")
+        return "rmd17", spec
+    raise ValueError(f"--dataset {spec!r}: expected water-dft, tip3p or rmd17:<molecule>")
+
+
+def _generate_tip3p(out: Path, args: argparse.Namespace) -> Path:
+    """A small flexible-TIP3P trajectory (maskpot's OpenMM generator), cached in ``out/data``."""
+    from maskpot.data.tip3p import generate_tip3p, save_tip3p_npz
+
+    path = out / "data" / "tip3p.npz"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_frames = args.tip3p_frames
+    log.info("generating TIP3P data: %d molecules, %.2f Å box, %d frames", args.tip3p_molecules, args.tip3p_box, n_frames)
+    data = generate_tip3p(n_molecules=args.tip3p_molecules, box=args.tip3p_box, n_frames=n_frames, every=50,
+                          seed=args.data_seed, equilibration_steps=2000, platform="CPU", threads=1,
+                          deterministic=True, progress=False)
+    save_tip3p_npz(path, data)
+    return path
+
+
+def plan_dataset(args: argparse.Namespace, out: Path) -> DatasetPlan:
+    """Resolve the dataset, write the test subset / TIP3P file if needed, and split the frames.
+
+    Split rule (deterministic in ``--data-seed``): a permutation of the labelled frames gives
+    test (water datasets only), then validation, then the pool (capped at ``--pool``).
+    """
+    from maskpot.data.io import read_dataset, write_npz
+
+    kind, name = parse_dataset(args.dataset)
+    root = Path(args.data_root)
+    rng = np.random.default_rng(args.data_seed)
+    if kind == "rmd17":
+        mol = name.split(":", 1)[1]
+        labelled = root / "rmd17" / f"rmd17_{mol}_train_01.npz"
+        test_path: Optional[Path] = root / "rmd17" / f"rmd17_{mol}_test_01.npz"
+        configs = {"scratch": CONFIGS / "rmd17_scratch.yaml", "finetune": CONFIGS / "rmd17_finetune.yaml",
+                   "mask": CONFIGS / "rmd17_pretrain_mask.yaml", "denoise": CONFIGS / "water_pretrain_denoise.yaml"}
+        for p in (labelled, test_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: rMD17 file not found (--data-root {root})")
+        n = len(read_dataset(labelled))
+        perm = rng.permutation(n)
+        test_idx = np.zeros(0, dtype=np.int64)
+        val_idx, rest = perm[: args.val], perm[args.val:]
+        n_test_total = len(read_dataset(test_path))
+        if args.test_frames and args.test_frames < n_test_total:
+            # a fixed random subset of test_01 (same for every run), to shorten evaluation
+            sub = out / "data" / f"test_subset_{args.test_frames}.npz"
+            if not sub.is_file():
+                test_all = read_dataset(test_path)
+                pick = np.sort(np.random.default_rng([args.data_seed, 1]).permutation(n_test_total)[: args.test_frames])
+                sub.parent.mkdir(parents=True, exist_ok=True)
+                write_npz(sub, [test_all[int(i)] for i in pick], metadata={"source": str(test_path), "indices": pick.tolist()})
+            test_path = sub
+            n_test = args.test_frames
+        else:
+            n_test = n_test_total
+    else:
+        if name == "water-dft":
+            labelled = root / "water_dft" / "deepmd_water"
+            if not labelled.is_dir():
+                raise FileNotFoundError(f"{labelled}: DFT water folder not found (--data-root {root})")
+        else:
+            labelled = _generate_tip3p(out, args)
+        test_path = None
+        configs = {"scratch": CONFIGS / "water_scratch.yaml", "finetune": CONFIGS / "water_finetune.yaml",
+                   "mask": CONFIGS / "water_pretrain_mask.yaml", "denoise": CONFIGS / "water_pretrain_denoise.yaml"}
+        n = len(read_dataset(labelled))
+        perm = rng.permutation(n)
+        n_test = args.test_frames or max(1, n // 10)
+        test_idx, val_idx, rest = perm[:n_test], perm[n_test: n_test + args.val], perm[n_test + args.val:]
+    pool = rest[: args.pool] if args.pool else rest
+    if max(args.labels) > len(pool):
+        raise ValueError(f"--labels {max(args.labels)} exceeds the training pool ({len(pool)} frames)")
+    plan = DatasetPlan(name=name, kind=kind, labelled=labelled, test_path=test_path, n_frames=n,
+                       pool_idx=np.sort(pool), val_idx=np.sort(val_idx), test_idx=np.sort(test_idx),
+                       configs=configs, n_test=n_test)
+    assert not set(plan.pool_idx) & set(plan.val_idx) and not set(plan.pool_idx) & set(plan.test_idx)
+    plan.pretrain_file = write_unlabelled_pool(plan, out)
+    return plan
+
+
+def write_unlabelled_pool(plan: DatasetPlan, out: Path) -> Path:
+    """Pool + validation configurations WITHOUT energies/forces: the pretraining data file.
+
+    Frame order: the pool (sorted indices), then the validation frames.
+    """
+    from maskpot.data.io import read_dataset, write_npz
+
+    path = out / "data" / "pretrain_unlabelled.npz"
+    if path.is_file():
+        return path
+    samples = read_dataset(plan.labelled)
+    frames = [samples[int(i)].copy(energy=None, forces=None) for i in np.concatenate([plan.pool_idx, plan.val_idx])]
+    assert all(s.energy is None and s.forces is None for s in frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_npz(path, frames, metadata={"source": str(plan.labelled), "labels": "removed (pretraining input)",
+                                      "pool_indices": plan.pool_idx.tolist(), "val_indices": plan.val_idx.tolist()})
+    return path
+
+
+def _write_splits(path: Path, n: int, train: np.ndarray, val: np.ndarray, test: np.ndarray, seed: int) -> Dict[str, int]:
+    """A maskpot splits file whose metadata matches ``data.splits`` (so maskpot reuses it silently)."""
+    from maskpot.data.dataset import load_splits, save_splits
+
+    counts = {"train": int(len(train)), "val": int(len(val)), "test": int(len(test))}
+    splits = {"train": np.sort(train).astype(np.int64), "val": np.sort(val).astype(np.int64),
+              "test": np.sort(test).astype(np.int64)}
+    if path.is_file():
+        old = load_splits(path, n)
+        if any(not np.array_equal(old[k], splits[k]) for k in splits):
+            raise RuntimeError(f"{path} holds different splits than this experiment asks for: use another --out")
+        return counts
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_splits(path, splits, n, metadata={"seed": seed, "counts": counts, "sizes": counts})
+    return counts
+
+
+def labelled_subset(plan: DatasetPlan, seed: int, n_label: int) -> np.ndarray:
+    """The first ``n_label`` frames of a seed-dependent permutation of the pool (nested in N)."""
+    order = np.random.default_rng([12345, seed]).permutation(len(plan.pool_idx))
+    return plan.pool_idx[order[:n_label]]
+
+
+# ------------------------------------------------------------------------------------------
+# run configs
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    name: str
+    stage: str  # "pretrain" | "finetune"
+    strategy: str  # mask | denoise | scratch
+    seed: int
+    n_label: Optional[int]
+    base_config: Path
+    overrides: List[str]
+    dir: Path
+    depends: Optional[str] = None
+
+
+def _yaml_flow(d: Dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in d.items()) + "}"
+
+
+def model_overrides(args: argparse.Namespace, plan: DatasetPlan) -> List[str]:
+    cutoff = args.cutoff if args.cutoff is not None else (5.0 if plan.kind == "rmd17" else 3.5)
+    return [f"model.name={args.model}", f"model.hidden_channels={args.hidden}",
+            f"model.num_layers={args.layers}", f"model.cutoff={cutoff}"]
+
+
+def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Run]:
+    runs: List[Run] = []
+    n_pre = len(plan.pool_idx) + len(plan.val_idx)
+    pre_split = out / "splits" / "pretrain.npz"
+    pre_counts = _write_splits(pre_split, n_pre, np.arange(len(plan.pool_idx)),
+                               np.arange(len(plan.pool_idx), n_pre), np.zeros(0, dtype=np.int64), args.data_seed)
+    common_model = model_overrides(args, plan)
+    threads = [f"train.num_threads={args.threads}"] if args.threads else []
+    for seed in args.seeds:
+        pre_train = [
+            f"train.epochs={args.pretrain_epochs}", f"train.batch_size={args.pretrain_batch_size}",
+            f"train.eval_batch_size={args.eval_batch_size}", f"train.lr={args.pretrain_lr}",
+            f"train.min_lr={args.pretrain_lr / 100}", "train.scheduler=cosine",
+            f"train.warmup_epochs={1 if args.pretrain_epochs > 1 else 0}", "train.ema_decay=0.0",
+            "train.early_stopping_patience=0", f"train.seed={seed}", *threads,
+        ]
+        data = [f"data.path={plan.pretrain_file}", "data.format=npz", "data.test_path=null",
+                f"data.splits={_yaml_flow(pre_counts)}", f"data.split_file={pre_split}", f"data.seed={args.data_seed}"]
+        for strat in ("denoise", "mask"):
+            if strat not in args.strategies:
+                continue
+            obj = ["objective={noise_sigma: 0.2, denoise_target: noise}"] if strat == "denoise" else []
+            name = f"pretrain_{strat}_s{seed}"
+            runs.append(Run(name, "pretrain", strat, seed, None, plan.configs[strat],
+                            [f"task={strat}", *obj, *data, *common_model, *pre_train,
+                             "output.progress=false", "output.plot=false", f"output.dir={out / 'runs' / name}"],
+                            out / "runs" / name))
+        for n_label in args.labels:
+            train_idx = labelled_subset(plan, seed, n_label)
+            split = out / "splits" / f"finetune_n{n_label}_s{seed}.npz"
+            counts = _write_splits(split, plan.n_frames, train_idx, plan.val_idx, plan.test_idx, args.data_seed)
+            # One fine-tuning config for the three strategies: only init.checkpoint differs.
+            ft = [
+                "task=energy_force", f"data.path={plan.labelled}",
+                f"data.test_path={plan.test_path if plan.test_path else 'null'}",
+                f"data.splits={_yaml_flow(counts)}", f"data.split_file={split}", f"data.seed={args.data_seed}",
+                "objective.energy_weight=1.0", "objective.force_weight=500.0", "objective.loss_kind=l1",
+                "objective.per_atom_energy=true",
+                f"train.epochs={args.finetune_epochs}", f"train.batch_size={args.batch_size}",
+                f"train.eval_batch_size={args.eval_batch_size}", f"train.lr={args.lr}", f"train.min_lr={args.lr / 100}",
+                "train.scheduler=cosine", "train.warmup_epochs=0", f"train.ema_decay={args.ema}",
+                "train.early_stopping_patience=0", f"train.seed={seed}", *threads,
+                "init.reset_heads=false", "init.freeze_encoder=false", "init.use_ema=true",
+                "output.progress=false", "output.plot=false",
+            ]
+            for strat in args.strategies:
+                name = f"ft_{strat}_n{n_label}_s{seed}"
+                if strat == "scratch":
+                    ov = [*ft, *common_model, "init.checkpoint=null"]
+                    dep = None
+                else:
+                    dep = f"pretrain_{strat}_s{seed}"
+                    ov = [*ft, f"init.checkpoint={out / 'runs' / dep / 'best.pt'}"]
+                runs.append(Run(name, "finetune", strat, seed, n_label, plan.configs["finetune"],
+                                [*ov, f"output.dir={out / 'runs' / name}"], out / "runs" / name, dep))
+    return runs
+
+
+def resolve(run: Run) -> Dict[str, Any]:
+    from maskpot.training.config import load_config
+
+    cfg = load_config(run.base_config, run.overrides)
+    if run.stage == "finetune" and run.strategy != "scratch":
+        cfg["model"] = {}  # the architecture comes from the checkpoint (identical model keys)
+    return cfg
+
+
+def check_identical_budgets(cfgs: Dict[str, Dict[str, Any]], runs: Sequence[Run]) -> None:
+    """Fine-tuning configs of one (seed, N) may differ only in init.checkpoint / output.dir / model."""
+    groups: Dict[Tuple[int, int], List[Run]] = {}
+    for r in runs:
+        if r.stage == "finetune":
+            groups.setdefault((r.seed, int(r.n_label)), []).append(r)
+    for key, rs in groups.items():
+        ref = None
+        for r in rs:
+            c = {k: v for k, v in cfgs[r.name].items() if k not in ("model", "output", "init")}
+            c["init"] = {k: v for k, v in cfgs[r.name]["init"].items() if k != "checkpoint"}
+            if ref is None:
+                ref = c
+            elif c != ref:
+                raise AssertionError(f"fine-tuning configs of seed/N {key} differ beyond init/output/model: {r.name}")
+
+
+def _comparable(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    out = {k: v for k, v in cfg.items() if k in ("task", "data", "objective", "train", "init")}
+    out["train"] = {k: v for k, v in out["train"].items() if k not in ("epochs", "num_threads", "device")}
+    return json.loads(json.dumps(out, default=str))
+
+
+def check_existing(run: Run, cfg: Dict[str, Any]) -> None:
+    """A run folder from an earlier invocation must hold the same run (else: stale results)."""
+    import yaml
+
+    stored = run.dir / "config.yaml"
+    if not stored.is_file():
+        return
+    old = yaml.safe_load(stored.read_text())
+    a, b = _comparable(old), _comparable(cfg)
+    if a != b:
+        diffs = [k for k in b if a.get(k) != b.get(k)]
+        raise RuntimeError(f"{run.dir} holds a run with a different config (sections {diffs}): use another --out")
+
+
+def cli_line(run: Run) -> str:
+    rel = run.base_config.relative_to(REPO) if run.base_config.is_relative_to(REPO) else run.base_config
+    parts = ["maskpot-train", str(rel)] + [x for o in run.overrides for x in ("--set", o)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def execute(run: Run, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Run (or resume, or skip) one maskpot training; returns its test metrics."""
+    from maskpot.training.cli import run_training
+
+    tm = run.dir / "test_metrics.json"
+    if tm.is_file():
+        return {"skipped": True, **json.loads(tm.read_text())}
+    check_existing(run, cfg)
+    resume = (run.dir / "last.pt").is_file()
+    t0 = time.time()
+    argv = [str(run.base_config)] + [x for o in run.overrides for x in ("--set", o)]
+    run_training(cfg, resume=resume, argv=argv)
+    res = json.loads(tm.read_text())
+    res["wall_s"] = time.time() - t0
+    res["resumed"] = resume
+    (run.dir / "wall_time.json").write_text(json.dumps({"wall_s": res["wall_s"], "resumed": resume}))
+    return res
+
+
+# ------------------------------------------------------------------------------------------
+# results
+# ------------------------------------------------------------------------------------------
+def read_curve(run_dir: Path, column: str = FORCE_COL) -> List[float]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [float(r[column]) if r.get(column) not in (None, "") else math.nan for r in csv.DictReader(fh)]
+
+
+def _last_row(run_dir: Path) -> Dict[str, float]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {}
+    for k, v in (rows[-1] if rows else {}).items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def _ms(values: Sequence[float]) -> Tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], results: Dict[str, Dict[str, Any]],
+              wall_s: float, command: str) -> Dict[str, Any]:
+    by: Dict[str, Dict[str, Any]] = {}
+    for n_label in args.labels:
+        for strat in args.strategies:
+            rs = [r for r in runs if r.stage == "finetune" and r.n_label == n_label and r.strategy == strat]
+            em = [results[r.name]["energy_mae_meV_per_atom"] for r in rs]
+            fm = [results[r.name]["force_mae_meV_per_A"] for r in rs]
+            curves = [read_curve(r.dir) for r in rs]
+            L = min(len(c) for c in curves)
+            arr = np.array([c[:L] for c in curves])
+            run_json = [json.loads((r.dir / "run.json").read_text()) for r in rs]
+            by.setdefault(str(n_label), {})[strat] = {
+                "energy_mae_meV_per_atom": dict(zip(("mean", "std"), _ms(em))),
+                "force_mae_meV_per_A": dict(zip(("mean", "std"), _ms(fm))),
+                "energy_mae_meV_per_atom_per_seed": em,
+                "force_mae_meV_per_A_per_seed": fm,
+                "energy_rmse_meV_per_atom_per_seed": [results[r.name].get("energy_rmse_meV_per_atom") for r in rs],
+                "force_rmse_meV_per_A_per_seed": [results[r.name].get("force_rmse_meV_per_A") for r in rs],
+                "best_epoch_per_seed": [rj.get("summary", {}).get("best_epoch") for rj in run_json],
+                "val_force_mae_curve_mean": arr.mean(0).tolist(),
+                "val_force_mae_curve_std": (arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(L)).tolist(),
+                "runs": [r.name for r in rs],
+            }
+    pre = {}
+    for strat in ("mask", "denoise"):
+        rs = [r for r in runs if r.stage == "pretrain" and r.strategy == strat]
+        if not rs:
+            continue
+        key = "val_mean_cosine" if strat == "mask" else "val_vector_rmse"
+        first = [read_curve(r.dir, key)[0] for r in rs]
+        last = [read_curve(r.dir, key)[-1] for r in rs]
+        pre[strat] = {"metric": key, "first_epoch": first, "last_epoch": last,
+                      "wall_s": [results[r.name].get("wall_s") for r in rs]}
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": command,
+        "dataset": plan.name,
+        "model": {"name": args.model, "hidden_channels": args.hidden, "num_layers": args.layers,
+                  "cutoff": args.cutoff if args.cutoff is not None else (5.0 if plan.kind == "rmd17" else 3.5)},
+        "seeds": list(args.seeds),
+        "labels": list(args.labels),
+        "strategies": list(args.strategies),
+        "sizes": {"pool_unlabelled": int(len(plan.pool_idx)), "val": int(len(plan.val_idx)), "test": int(plan.n_test),
+                  "test_source": str(plan.test_path) if plan.test_path else f"{len(plan.test_idx)} held-out frames of {plan.labelled}"},
+        "budgets": {"pretrain_epochs": args.pretrain_epochs, "pretrain_batch_size": args.pretrain_batch_size,
+                    "pretrain_lr": args.pretrain_lr, "finetune_epochs": args.finetune_epochs,
+                    "finetune_batch_size": args.batch_size, "finetune_lr": args.lr, "ema_decay": args.ema,
+                    "threads": args.threads},
+        "std": "sample standard deviation over seeds (ddof=1)",
+        "results": by,
+        "pretraining": pre,
+        "wall_s": wall_s,
+        "run_wall_s": {k: v.get("wall_s") for k, v in results.items()},
+    }
+
+
+def plot(summary: Dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"scratch": "tab:gray", "denoise": "tab:blue", "mask": "tab:red"}
+    labels = summary["labels"]
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.8 * len(labels), 3.8), squeeze=False)
+    for ax, n in zip(axes[0], labels):
+        for strat, res in summary["results"][str(n)].items():
+            m, s = np.array(res["val_force_mae_curve_mean"]), np.array(res["val_force_mae_curve_std"])
+            ep = np.arange(1, len(m) + 1)
+            ax.plot(ep, m, color=colors.get(strat), label=strat)
+            ax.fill_between(ep, m - s, m + s, color=colors.get(strat), alpha=0.2, lw=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("fine-tuning epoch")
+        ax.set_ylabel("validation force MAE (meV/Å)")
+        ax.set_title(f"{summary['dataset']}, {summary['model']['name']}, N={n} labels")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "convergence.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    for ax, key, ylabel in ((axes[0], "energy_mae_meV_per_atom", "test energy MAE (meV/atom)"),
+                            (axes[1], "force_mae_meV_per_A", "test force MAE (meV/Å)")):
+        for strat in summary["strategies"]:
+            m = [summary["results"][str(n)][strat][key]["mean"] for n in labels]
+            s = [summary["results"][str(n)][strat][key]["std"] for n in labels]
+            ax.errorbar(labels, m, yerr=s, marker="o", capsize=3, color=colors.get(strat), label=strat)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(labels)
+        ax.set_xticklabels([str(n) for n in labels])
+        ax.set_xlabel("labelled frames N")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(f"{summary['dataset']}, {summary['model']['name']}, seeds {summary['seeds']}")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_labels.png", dpi=120)
+    plt.close(fig)
+
+
+def markdown(summary: Dict[str, Any]) -> str:
+    m, b, z = summary["model"], summary["budgets"], summary["sizes"]
+    E = b["finetune_epochs"]
+    q = max(1, E // 4)
+    lines = [
+        f"### {summary['date']} — {summary['dataset']}, {m['name']} (hidden {m['hidden_channels']}, "
+        f"{m['num_layers']} layers, cutoff {m['cutoff']} Å), seeds {summary['seeds']}",
+        "",
+        f"Command: `{summary['command']}`",
+        "",
+        f"Sizes: pretraining pool {z['pool_unlabelled']} unlabelled frames ({b['pretrain_epochs']} epochs, batch "
+        f"{b['pretrain_batch_size']}, lr {b['pretrain_lr']:g}); fine-tuning {E} epochs, batch {b['finetune_batch_size']}, "
+        f"lr {b['finetune_lr']:g} cosine → {b['finetune_lr'] / 100:g}, EMA {b['ema_decay']}; validation {z['val']} frames; "
+        f"test {z['test']} frames ({z['test_source']}). Wall time {summary['wall_s'] / 60:.1f} min "
+        f"({b['threads'] or 'default'} thread(s)). Mean ± sample std over {len(summary['seeds'])} seeds.",
+        "",
+        f"| N labels | strategy | test E MAE (meV/atom) | test F MAE (meV/Å) | val F MAE @ epoch {q} (meV/Å) | best epoch |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for n in summary["labels"]:
+        for strat in summary["strategies"]:
+            r = summary["results"][str(n)][strat]
+            c = r["val_force_mae_curve_mean"]
+            cs = r["val_force_mae_curve_std"]
+            early = f"{c[q - 1]:.1f} ± {cs[q - 1]:.1f}" if len(c) >= q else "n/a"
+            be = [x for x in r["best_epoch_per_seed"] if x is not None]
+            lines.append(
+                f"| {n} | {strat} | {r['energy_mae_meV_per_atom']['mean']:.2f} ± {r['energy_mae_meV_per_atom']['std']:.2f} "
+                f"| {r['force_mae_meV_per_A']['mean']:.1f} ± {r['force_mae_meV_per_A']['std']:.1f} | {early} "
+                f"| {', '.join(str(x) for x in be)} |"
+            )
+    pre = summary.get("pretraining", {})
+    if pre:
+        lines.append("")
+        parts = []
+        for strat, p in pre.items():
+            f = np.mean(p["first_epoch"])
+            l_ = np.mean(p["last_epoch"])
+            parts.append(f"{strat}: {p['metric']} {f:.3f} (epoch 1) → {l_:.3f} (last epoch)")
+        lines.append("Pretraining (validation, mean over seeds): " + "; ".join(parts) + ".")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="rmd17:aspirin", help="water-dft | tip3p | rmd17:<molecule>")
+    p.add_argument("--model", default="painn", choices=MODELS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--labels", type=int, nargs="+", default=[50], help="labelled fine-tuning frames (sweep)")
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--out", default=None, help="output folder (default: runs/compare/<dataset>_<model>)")
+    p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT), help="shared data folder")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the pool/val/test split (fixed over --seeds)")
+    p.add_argument("--val", type=int, default=50, help="validation frames (fixed over seeds)")
+    p.add_argument("--pool", type=int, default=0, help="cap on the training pool (0: every non-val/test frame)")
+    p.add_argument("--test-frames", type=int, default=0,
+                   help="test frames (rMD17: random subset of test_01, 0 = all 1000; water: held-out frames, 0 = 10%%)")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--cutoff", type=float, default=None, help="Å (default: 5.0 rMD17, 3.5 water)")
+    p.add_argument("--pretrain-epochs", type=int, default=4)
+    p.add_argument("--pretrain-batch-size", type=int, default=16)
+    p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--finetune-epochs", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=10, help="fine-tuning batch size")
+    p.add_argument("--eval-batch-size", type=int, default=50)
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak lr (cosine to lr/100)")
+    p.add_argument("--ema", type=float, default=0.0, help="fine-tuning EMA decay")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch default)")
+    p.add_argument("--tip3p-molecules", type=int, default=32)
+    p.add_argument("--tip3p-box", type=float, default=9.86)
+    p.add_argument("--tip3p-frames", type=int, default=200)
+    p.add_argument("--results-md", default=str(REPO / "experiments" / "RESULTS.md"),
+                   help="markdown file the results table is appended to ('' = none)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.labels = sorted(set(args.labels))
+    args.seeds = list(dict.fromkeys(args.seeds))
+    args.strategies = [s for s in STRATEGIES if s in args.strategies]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("maskpot").setLevel(logging.WARNING)
+    t_start = time.time()
+    kind, name = parse_dataset(args.dataset)
+    out = Path(args.out) if args.out else REPO / "runs" / "compare" / f"{name.replace(':', '_')}_{args.model}"
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python experiments/compare_pretraining.py " + " ".join(shlex.quote(a) for a in argv)
+
+    plan = plan_dataset(args, out)
+    runs = plan_runs(args, plan, out)
+    cfgs = {r.name: resolve(r) for r in runs}
+    check_identical_budgets(cfgs, runs)
+    from maskpot.training.config import save_config
+
+    for r in runs:
+        save_config(cfgs[r.name], out / "configs" / f"{r.name}.yaml")
+    (out / "commands.sh").write_text(
+        "# equivalent maskpot-train command lines (run from the repository root), in order\n"
+        + "\n".join(cli_line(r) for r in runs) + "\n")
+    log.info("%s: %d runs (%s), pool %d, val %d, test %d -> %s", plan.name, len(runs), ", ".join(args.strategies),
+             len(plan.pool_idx), len(plan.val_idx), plan.n_test, out)
+
+    from tqdm.auto import tqdm
+
+    results: Dict[str, Dict[str, Any]] = {}
+    bar = tqdm(runs, desc="runs", unit="run", disable=args.no_progress, dynamic_ncols=True)
+    for r in bar:
+        bar.set_postfix_str(r.name)
+        if r.depends and not (out / "runs" / r.depends / "best.pt").is_file():
+            raise RuntimeError(f"{r.name}: pretraining checkpoint of {r.depends} missing")
+        res = execute(r, cfgs[r.name])
+        if "wall_s" not in res and (r.dir / "wall_time.json").is_file():
+            res["wall_s"] = json.loads((r.dir / "wall_time.json").read_text())["wall_s"]
+        results[r.name] = res
+        if r.stage == "finetune":
+            log.info("%s: E %.2f meV/atom, F %.1f meV/Å%s", r.name, res["energy_mae_meV_per_atom"],
+                     res["force_mae_meV_per_A"], " (done earlier)" if res.get("skipped") else "")
+    wall = time.time() - t_start
+    summary = summarise(args, plan, runs, results, wall, command)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(summary, out)
+    table = markdown(summary)
+    print("\n" + table)
+    if args.results_md:
+        md = Path(args.results_md)
+        md.parent.mkdir(parents=True, exist_ok=True)
+        with open(md, "a") as fh:
+            fh.write("\n" + table)
+    log.info("done in %.1f min: %s", wall / 60, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

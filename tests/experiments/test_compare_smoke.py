@@ -1,0 +1,134 @@
+"""Smoke test of experiments/compare_pretraining.py: a tiny rMD17-ethanol comparison (few frames,
+one epoch per stage) must give test metrics for scratch / denoise / mask, the summary and plots;
+the pretraining stage must never see labels; the three fine-tuning runs must share one budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "experiments" / "compare_pretraining.py"
+STRATEGIES = ("scratch", "denoise", "mask")
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("compare_pretraining", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def cmp():
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, shared_data, cmp):
+    out = tmp_path_factory.mktemp("compare")
+    argv = [
+        "--dataset", "rmd17:ethanol", "--model", "painn", "--seeds", "0", "--labels", "8",
+        "--pool", "16", "--val", "4", "--test-frames", "8", "--hidden", "8", "--layers", "1",
+        "--pretrain-epochs", "1", "--finetune-epochs", "2", "--batch-size", "4", "--pretrain-batch-size", "8",
+        "--out", str(out / "run"), "--data-root", str(shared_data), "--results-md", str(out / "RESULTS.md"),
+        "--no-progress",
+    ]
+    assert cmp.main(argv) == 0
+    return out / "run", out / "RESULTS.md", argv
+
+
+def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
+    out, md, _ = smoke
+    for strat in STRATEGIES:
+        tm = json.loads((out / "runs" / f"ft_{strat}_n8_s0" / "test_metrics.json").read_text())
+        assert tm["n_frames"] == 8
+        assert math.isfinite(tm["energy_mae_meV_per_atom"]) and math.isfinite(tm["force_mae_meV_per_A"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "rmd17:ethanol" and summary["seeds"] == [0] and summary["labels"] == [8]
+    for strat in STRATEGIES:
+        r = summary["results"]["8"][strat]
+        assert set(r["force_mae_meV_per_A"]) == {"mean", "std"}
+        assert len(r["val_force_mae_curve_mean"]) == 2  # one value per fine-tuning epoch
+    assert summary["sizes"]["pool_unlabelled"] == 16 and summary["sizes"]["val"] == 4
+    for png in ("convergence.png", "accuracy_vs_labels.png"):
+        assert (out / png).stat().st_size > 1000
+    text = md.read_text()
+    assert "rmd17:ethanol" in text and "| 8 | mask |" in text and "python experiments/compare_pretraining.py" in text
+    assert (out / "commands.sh").read_text().count("maskpot-train") == 5
+    for name in ("pretrain_mask_s0", "pretrain_denoise_s0", "ft_scratch_n8_s0"):
+        assert (out / "configs" / f"{name}.yaml").is_file()
+
+
+def test_pretraining_never_sees_labels(smoke, shared_data) -> None:
+    from maskpot.data.io import read_dataset
+    from maskpot.training.evaluate import make_batch
+    from maskpot.training.objectives import build_objective
+
+    out, _, _ = smoke
+    labelled = read_dataset(shared_data / "rmd17" / "rmd17_ethanol_train_01.npz", index=[0, 1])
+    for strat in ("mask", "denoise"):
+        cfg = yaml.safe_load((out / "runs" / f"pretrain_{strat}_s0" / "config.yaml").read_text())
+        assert cfg["task"] == strat  # a pretext task, not energy_force
+        assert cfg["data"]["test_path"] is None
+        # the pretraining input file holds configurations only: no energy/forces arrays at all
+        path = Path(cfg["data"]["path"])
+        assert path.name == "pretrain_unlabelled.npz"
+        with np.load(path) as z:
+            assert "energy" not in z.files and "forces" not in z.files
+        frames = read_dataset(path)
+        assert len(frames) == 16 + 4
+        assert all(s.energy is None and s.forces is None for s in frames)
+        # and the pretraining transform drops labels even from labelled frames
+        objective = build_objective(cfg["task"], cfg["objective"])
+        for i, s in enumerate(labelled):
+            new, extras = objective.transform(s, np.random.default_rng(i))
+            assert new.energy is None and new.forces is None and "target_vectors" in extras
+        batch = make_batch(labelled, [0, 1], objective, seed=0, epoch=0, dtype=torch.float32)
+        assert "energy" not in batch and "forces" not in batch
+    # pretraining frames = pool + val; test frames (separate test_01 subset) are not among them
+    with np.load(out / "data" / "pretrain_unlabelled.npz") as z:
+        meta = json.loads(str(z["metadata"]))
+    assert len(meta["pool_indices"]) == 16 and len(meta["val_indices"]) == 4
+
+
+def test_identical_finetuning_budgets(smoke) -> None:
+    out, _, _ = smoke
+    cfgs = {s: yaml.safe_load((out / "runs" / f"ft_{s}_n8_s0" / "config.yaml").read_text()) for s in STRATEGIES}
+    strip = lambda c: {k: (v if k != "init" else {a: b for a, b in v.items() if a != "checkpoint"})  # noqa: E731
+                       for k, v in c.items() if k not in ("output", "model")}
+    assert strip(cfgs["scratch"]) == strip(cfgs["denoise"]) == strip(cfgs["mask"])
+    assert cfgs["scratch"]["init"]["checkpoint"] is None
+    assert cfgs["mask"]["init"]["checkpoint"].endswith("pretrain_mask_s0/best.pt")
+    assert cfgs["denoise"]["init"]["checkpoint"].endswith("pretrain_denoise_s0/best.pt")
+    # same architecture whether built from scratch or from a pretraining checkpoint
+    assert cfgs["scratch"]["model"] == cfgs["mask"]["model"] == cfgs["denoise"]["model"]
+    # the labelled subset is a subset of the pretraining pool and disjoint from validation
+    from maskpot.data.dataset import load_splits
+
+    ft = load_splits(out / "splits" / "finetune_n8_s0.npz")
+    with np.load(out / "data" / "pretrain_unlabelled.npz") as z:
+        meta = json.loads(str(z["metadata"]))
+    assert set(ft["train"].tolist()) <= set(meta["pool_indices"])
+    assert set(ft["val"].tolist()) == set(meta["val_indices"])
+
+
+def test_rerun_skips_finished_runs(smoke, cmp) -> None:
+    out, md, argv = smoke
+    stamp = {s: os.stat(out / "runs" / f"ft_{s}_n8_s0" / "best.pt").st_mtime_ns for s in STRATEGIES}
+    assert cmp.main(argv) == 0
+    assert {s: os.stat(out / "runs" / f"ft_{s}_n8_s0" / "best.pt").st_mtime_ns for s in STRATEGIES} == stamp
+    # a different config in the same --out is refused instead of silently reusing stale runs
+    bad = list(argv)
+    bad[bad.index("--batch-size") + 1] = "2"
+    (out / "runs" / "ft_scratch_n8_s0" / "test_metrics.json").unlink()
+    with pytest.raises(RuntimeError, match="different config"):
+        cmp.main(bad)

@@ -1,0 +1,31 @@
+"""Fixtures of the reusable model test-suite: every registered model, a water box, a molecule."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from model_helpers import MODEL_NAMES, ethanol, water_box  # noqa: E402
+from maskpot.data.sample import Sample  # noqa: E402
+
+
+@pytest.fixture(params=MODEL_NAMES)
+def model_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def box_sample() -> Sample:
+    return water_box()
+
+
+@pytest.fixture
+def mol_sample() -> Sample:
+    return ethanol()
+
+
+@pytest.fixture(params=["molecule", "water_box"])
+def any_sample(request) -> Sample:
+    return ethanol() if request.param == "molecule" else water_box()
