@@ -484,6 +484,9 @@ def run_openmm(
         result.update(status="unstable", failed_step=exc.step, failed_time_ps=exc.step * dt_ps, reason=exc.reason,
                       last_good_step=last["good_step"], steps_done=last["good_step"] or 0,
                       message=str(exc), wall_seconds=time.perf_counter() - t_start)
+        good = (last["good_step"] or 0) - step0
+        if good > 0:
+            result["speed_ns_per_day"] = good * dt.value_in_unit(unit.nanosecond) / (result["wall_seconds"] / 86400.0)
         log(f"STOPPED: {exc}; trajectory kept up to step {last['good_step']} (frame {dcd_frames - 1})")
         traj_fh.close()
         csv_fh.close()

@@ -36,3 +36,15 @@ def exported(tmp_path_factory) -> Callable[[str, str], Tuple[Path, object]]:
         return cache[key]
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The test systems are tiny: with 2+ intra-op threads on a shared, oversubscribed CPU a
+    model call takes ~40x longer (measured 9 ms vs 440 ms). Restored after each test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

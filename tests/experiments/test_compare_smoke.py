@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ STRATEGIES = ("scratch", "denoise", "mask")
 def _load_script():
     spec = importlib.util.spec_from_file_location("compare_pretraining", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(mod)
     return mod
 
@@ -63,7 +65,8 @@ def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
         assert (out / png).stat().st_size > 1000
     text = md.read_text()
     assert "rmd17:ethanol" in text and "| 8 | mask |" in text and "python experiments/compare_pretraining.py" in text
-    assert (out / "commands.sh").read_text().count("maskpot-train") == 5
+    lines = (out / "commands.sh").read_text().splitlines()
+    assert sum(line.startswith("maskpot-train configs/") for line in lines) == 5
     for name in ("pretrain_mask_s0", "pretrain_denoise_s0", "ft_scratch_n8_s0"):
         assert (out / "configs" / f"{name}.yaml").is_file()
 

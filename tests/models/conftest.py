@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -29,3 +30,13 @@ def mol_sample() -> Sample:
 @pytest.fixture(params=["molecule", "water_box"])
 def any_sample(request) -> Sample:
     return ethanol() if request.param == "molecule" else water_box()
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny graphs: one intra-op thread is fastest (and avoids OpenMP spin contention on busy
+    CI machines); the previous setting is restored after each test."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

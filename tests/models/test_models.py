@@ -143,7 +143,7 @@ def test_forces_are_minus_energy_gradient(model_name, any_sample):
             for sign in (1, -1):
                 pos = any_sample.positions.copy()
                 pos[atom, axis] += sign * h
-                energies.append(float(run(model, any_sample.copy(positions=pos))["energy"]))
+                energies.append(float(run(model, any_sample.copy(positions=pos))["energy"].detach()))
             fd = -(energies[0] - energies[1]) / (2 * h)
             assert abs(float(out["forces"][atom, axis]) - fd) < 1e-6 * max(1.0, abs(fd))
 
@@ -264,26 +264,32 @@ def test_smooth_at_cutoff(model_name):
     model = f64(model_name)
     rc = model.cutoff
     base = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0]])
+    # atom 2 at distance d from atom 0, at 100 degrees from the 0-1 bond: farther than d (> rc)
+    # from atom 1, so only the pair (0, 2) crosses the cutoff
+    direction = np.array([np.cos(np.radians(100.0)), np.sin(np.radians(100.0)), 0.0])
+
+    def frame(d):
+        return Sample(positions=np.vstack([base, d * direction]), numbers=[8, 1, 1])
+
     energies, forces = [], []
     distances = rc + np.array([-1e-3, -1e-4, -1e-6, 1e-6, 1e-4, 1e-3])
     for d in distances:
-        pos = np.vstack([base, [[0.3, d, 0.0]]])  # distance of atom 2 from atom 0 crosses rc
-        # keep atom 2 away from atom 1 (sqrt(0.66^2 + d^2) > rc)
-        out = run(model, Sample(positions=pos, numbers=[8, 1, 1]))
-        energies.append(float(out["energy"]))
+        out = run(model, frame(d))
+        energies.append(float(out["energy"].detach()))
         forces.append(out["forces"].detach().numpy())
     energies = np.array(energies)
     forces = np.array(forces)
-    # across the cutoff (2e-6 apart) the jump is tiny compared with the change over 1e-3
-    scale_e = max(abs(energies[0] - energies[-1]), 1e-12)
-    assert abs(energies[2] - energies[3]) < 1e-3 * scale_e + 1e-12
-    assert np.abs(forces[2] - forces[3]).max() < 1e-6
+    # the pair interacts inside the cutoff ...
+    e_in = float(run(model, frame(rc - 0.3))["energy"].detach())
+    assert abs(e_in - energies[-1]) > 1e-8
+    # ... and the energy and forces are continuous across it: the jump over 2e-6 Å is tiny
+    # (the envelope makes E - E(r_c) = O((r_c - r)^3))
+    assert abs(energies[2] - energies[3]) < 1e-12
+    assert np.abs(forces[2] - forces[3]).max() < 1e-8
+    assert abs(energies[0] - energies[-1]) < 1e-6
     # beyond the cutoff the third atom does not interact with atom 0 at all
-    far = rc + 1.0
-    out_far = run(model, Sample(positions=np.vstack([base, [[0.3, far, 0.0]]]), numbers=[8, 1, 1]))
-    out_in = run(model, Sample(positions=np.vstack([base, [[0.3, rc - 1e-3, 0.0]]]), numbers=[8, 1, 1]))
-    assert abs(float(out_in["energy"]) - float(out_far["energy"])) < 1e-3
-    assert abs(energies[-1] - float(out_far["energy"])) < 1e-12
+    out_far = run(model, frame(rc + 1.0))
+    assert abs(energies[-1] - float(out_far["energy"].detach())) < 1e-12
 
 
 # --------------------------------------------------------------------------------------------
