@@ -571,10 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--cutoff", type=float, default=None, help="Å (default: 5.0 rMD17, 3.5 water)")
-    p.add_argument("--pretrain-epochs", type=int, default=4)
+    p.add_argument("--pretrain-epochs", type=int, default=3)
     p.add_argument("--pretrain-batch-size", type=int, default=16)
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--finetune-epochs", type=int, default=60)
+    p.add_argument("--finetune-epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=10, help="fine-tuning batch size")
     p.add_argument("--eval-batch-size", type=int, default=50)
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak lr (cosine to lr/100)")
@@ -601,7 +601,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kind, name = parse_dataset(args.dataset)
     out = Path(args.out) if args.out else REPO / "runs" / "compare" / f"{name.replace(':', '_')}_{args.model}"
     out.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/compare_pretraining.py " + " ".join(shlex.quote(a) for a in argv)
+    command = " ".join(["python experiments/compare_pretraining.py", *(shlex.quote(a) for a in argv)])
 
     plan = plan_dataset(args, out)
     runs = plan_runs(args, plan, out)

@@ -10,10 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from deploy_models import make_model, real_model_names  # noqa: E402
-
-#: Toys (always available, independent of maskpot.models) + every registered model.
-MODEL_NAMES = ["toy-energy", "toy-force"] + real_model_names()
+from deploy_models import make_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

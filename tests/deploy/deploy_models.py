@@ -82,6 +82,9 @@ def real_model_names() -> List[str]:
     return sorted(MODEL_REGISTRY)
 
 
+#: Toys (always available, independent of maskpot.models) + every registered model.
+MODEL_NAMES = ["toy-energy", "toy-force"] + real_model_names()
+
 SMALL = {"hidden_channels": 8, "num_layers": 2, "num_rbf": 6}
 
 

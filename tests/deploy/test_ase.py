@@ -8,8 +8,7 @@ import torch
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.fd import calculate_numerical_stress
 
-from conftest import MODEL_NAMES
-from deploy_models import make_model, molecule, water_box
+from deploy_models import MODEL_NAMES, make_model, molecule, water_box
 
 from maskpot.deploy.ase import MaskpotCalculator
 

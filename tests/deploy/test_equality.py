@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MODEL_NAMES
-from deploy_models import molecule, water_box
+from deploy_models import MODEL_NAMES, molecule, water_box
 from omm_helpers import evaluate, ml_system
 
 from maskpot.data.sample import Sample, collate

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MODEL_NAMES
-from deploy_models import Unscriptable, make_model, molecule, real_model_names, water_box
+from deploy_models import MODEL_NAMES, Unscriptable, make_model, molecule, real_model_names, water_box
 
 from maskpot.deploy.export import (
     ExportError,

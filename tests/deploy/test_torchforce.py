@@ -14,8 +14,7 @@ import openmm
 import pytest
 from openmm import unit
 
-from conftest import MODEL_NAMES
-from deploy_models import molecule, water_box, water_topology
+from deploy_models import MODEL_NAMES, molecule, water_box, water_topology
 from omm_helpers import evaluate, ml_system, platform
 
 from maskpot.deploy.openmm import create_force, import_openmmtorch
