@@ -23,7 +23,7 @@ OPENMM_VERSION="8.6.1"
 OPENMMTORCH_VERSION="1.5"   # PyPI name: openmmtorch (there is no "openmm-torch" on PyPI)
 
 cd "$ROOT"
-if [[ "${OMT_SKIP_INSTALL:-0}" != "1" ]]; then
+install() {
     if [[ ! -x "$VENV/bin/python" ]]; then
         "$PY" -m venv "$VENV"
     fi
@@ -34,6 +34,10 @@ if [[ "${OMT_SKIP_INSTALL:-0}" != "1" ]]; then
     "$VENV/bin/python" -m pip install -q -e ".[test]" --no-deps
     "$VENV/bin/python" -m pip install -q "numpy>=1.24" "ase>=3.23" "mdtraj>=1.10" "tqdm>=4.60" \
         "pyyaml>=6.0" "pytest>=7"
+}
+if [[ "${OMT_SKIP_INSTALL:-0}" != "1" ]]; then
+    # exit 3 = the environment could not be installed (registry trouble), distinct from a test failure
+    ( set -e; install ) || { echo "openmm-torch env: installation failed" >&2; exit 3; }
 fi
 
 # Fail loudly (not skip) when the TorchForce plugin cannot be loaded in this environment.
