@@ -24,20 +24,19 @@ OPENMMTORCH_VERSION="1.5"   # PyPI name: openmmtorch (there is no "openmm-torch"
 
 cd "$ROOT"
 install() {
-    if [[ ! -x "$VENV/bin/python" ]]; then
-        "$PY" -m venv "$VENV"
-    fi
-    "$VENV/bin/python" -m pip install -q --upgrade pip
+    # && chains: `set -e` does not apply inside a function called from `||`.
+    { [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"; } &&
+    "$VENV/bin/python" -m pip install -q --upgrade pip &&
     "$VENV/bin/python" -m pip install -q \
-        "torch==$TORCH_VERSION" "openmm==$OPENMM_VERSION" "openmmtorch==$OPENMMTORCH_VERSION"
+        "torch==$TORCH_VERSION" "openmm==$OPENMM_VERSION" "openmmtorch==$OPENMMTORCH_VERSION" &&
     # maskpot itself without letting pip touch the pinned torch/openmm, then its light deps.
-    "$VENV/bin/python" -m pip install -q -e ".[test]" --no-deps
+    "$VENV/bin/python" -m pip install -q -e ".[test]" --no-deps &&
     "$VENV/bin/python" -m pip install -q "numpy>=1.24" "ase>=3.23" "mdtraj>=1.10" "tqdm>=4.60" \
         "pyyaml>=6.0" "pytest>=7"
 }
 if [[ "${OMT_SKIP_INSTALL:-0}" != "1" ]]; then
     # exit 3 = the environment could not be installed (registry trouble), distinct from a test failure
-    ( set -e; install ) || { echo "openmm-torch env: installation failed" >&2; exit 3; }
+    install || { echo "openmm-torch env: installation failed" >&2; exit 3; }
 fi
 
 # Fail loudly (not skip) when the TorchForce plugin cannot be loaded in this environment.
