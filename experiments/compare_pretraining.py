@@ -467,6 +467,7 @@ def plot(summary: Dict[str, Any], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     colors = {"scratch": "tab:gray", "denoise": "tab:blue", "mask": "tab:red"}
     labels = summary["labels"]
@@ -498,6 +499,7 @@ def plot(summary: Dict[str, Any], out: Path) -> None:
         ax.set_yscale("log")
         ax.set_xticks(labels)
         ax.set_xticklabels([str(n) for n in labels])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("labelled frames N")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
