@@ -84,7 +84,9 @@ def fit_species_energies(
     rank = np.linalg.matrix_rank(A[:, A.any(axis=0)]) if A.size else 0
     n_present = int(A.any(axis=0).sum())
     if rank < n_present:
-        log.warning(
+        # Expected for fixed-composition data (one molecule, one water box): info, not a warning.
+        single_composition = len(np.unique(A, axis=0)) == 1
+        (log.info if single_composition else log.warning)(
             "fit_species_energies: composition matrix has rank %d for %d species present; "
             "E0 is the minimum-norm solution (only composition-weighted sums are meaningful)",
             rank,
