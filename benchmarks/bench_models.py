@@ -6,6 +6,7 @@ MSE force loss, backward), eager and TorchScript, torch and vesin neighbour list
 Also records process CPU time per call (robust on a shared machine) and the load average.
 
     python benchmarks/bench_models.py [--threads 2] [--repeats 5] [--no-append]
+    python benchmarks/bench_models.py --preset speed --threads 1   # the speed-target configs
 
 Prints a markdown table and appends it to benchmarks/RESULTS.md.
 """
@@ -59,9 +60,29 @@ def timed(fn: Callable[[], None], repeats: int, warmup: int = 1) -> Tuple[float,
     return (time.perf_counter() - wall) / repeats, (time.process_time() - cpu) / repeats
 
 
-def bench_one(name: str, backend: str, scripted: bool, sample: Sample, repeats: int) -> Dict[str, float]:
+# Named configs (model name + overrides of its defaults) for --preset.
+PRESETS: Dict[str, List[Tuple[str, Dict[str, object]]]] = {
+    "speed": [
+        ("egnn", {}),
+        ("gns", {}),
+        ("painn", {}),
+        ("painn", {"cutoff": 3.5}),
+        ("painn", {"cutoff": 3.5, "hidden_channels": 64, "num_layers": 2}),
+        ("egnn", {"cutoff": 3.5, "hidden_channels": 64, "num_layers": 3}),
+    ],
+}
+
+
+def config_label(name: str, overrides: Dict[str, object]) -> str:
+    if not overrides:
+        return f"{name} (default)"
+    return name + " " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def bench_one(name: str, backend: str, scripted: bool, sample: Sample, repeats: int,
+              overrides: Dict[str, object] | None = None, train: bool = True) -> Dict[str, float]:
     torch.manual_seed(0)
-    model = build_model({"name": name, "species": [1, 8], "neighbor_backend": backend})
+    model = build_model({"name": name, "species": [1, 8], "neighbor_backend": backend, **(overrides or {})})
     n_params = sum(p.numel() for p in model.parameters())
     net = torch.jit.script(model) if scripted else model
     batch = collate([sample], dtype=torch.float32)
@@ -81,7 +102,7 @@ def bench_one(name: str, backend: str, scripted: bool, sample: Sample, repeats: 
         loss.backward()
 
     ev_wall, ev_cpu = timed(evaluate, repeats)
-    tr_wall, tr_cpu = timed(train_step, max(1, repeats // 2 + 1))
+    tr_wall, tr_cpu = timed(train_step, max(1, repeats // 2 + 1)) if train else (float("nan"), float("nan"))
     edges = int(model.neighbors(batch["positions"], batch["cell"], batch["pbc"], batch["batch"])[0].shape[1])
     return {"params": n_params, "edges": edges, "eval_wall": ev_wall, "eval_cpu": ev_cpu,
             "train_wall": tr_wall, "train_cpu": tr_cpu, "cutoff": model.cutoff}
@@ -112,6 +133,9 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="*", default=sorted(MODEL_REGISTRY))
     parser.add_argument("--backends", nargs="*", default=["torch", "vesin"])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="benchmark these named configs instead of each model's defaults (--models)")
+    parser.add_argument("--no-train", action="store_true", help="skip the train-step timing")
     parser.add_argument("--no-tune-allocator", action="store_true", help="skip maskpot.models.perf.tune_cpu_allocator")
     parser.add_argument("--no-export", action="store_true", help="skip the torch.export check")
     parser.add_argument("--no-append", action="store_true", help="print only, do not append to RESULTS.md")
@@ -123,11 +147,12 @@ def main(argv: List[str] | None = None) -> None:
     backends = [b for b in args.backends if b != "vesin" or vesin_available()]
     load_before = os.getloadavg()[0]
     rows = []
-    for name in args.models:
+    configs = PRESETS[args.preset] if args.preset else [(name, {}) for name in args.models]
+    for name, overrides in configs:
         for backend in backends:
             for scripted in (False, True):
-                r = bench_one(name, backend, scripted, sample, args.repeats)
-                row = (f"| {name} | {r['cutoff']:.1f} | {r['params']:,} | {r['edges']:,} | {backend} | "
+                r = bench_one(name, backend, scripted, sample, args.repeats, overrides, not args.no_train)
+                row = (f"| {config_label(name, overrides)} | {r['cutoff']:.1f} | {r['params']:,} | {r['edges']:,} | {backend} | "
                        f"{'script' if scripted else 'eager'} | {1e3 * r['eval_wall']:.0f} | {1e3 * r['eval_cpu']:.0f} | "
                        f"{1e3 * r['train_wall']:.0f} | {1e3 * r['train_cpu']:.0f} |")
                 print(row, flush=True)
@@ -149,7 +174,7 @@ def main(argv: List[str] | None = None) -> None:
     notes = []
     if not args.no_export:
         notes = ["", "torch.export (strict=False, eval mode, small config):"]
-        for name in args.models:
+        for name in sorted({name for name, _ in configs}):
             notes.append(f"- {name}: {try_export(name)}")
     text = table + "\n" + "\n".join(notes) + "\n"
     print(text)

@@ -39,7 +39,10 @@ class EGNNLayer(nn.Module):
     def forward(self, h: Tensor, i: Tensor, j: Tensor, rbf: Tensor, env: Tensor) -> Tuple[Tensor, Tensor]:
         a = self.edge_i(h)
         b = self.edge_j(h)
-        m = self.edge_act(a.index_select(0, i) + b.index_select(0, j) + self.edge_r(rbf))
+        # a_i + b_j + W_r rbf with the sum accumulated in place and the rbf term added by addmm
+        # (same function, two fewer passes over [E, F]); IndexSelectBackward keeps no output.
+        z = a.index_select(0, i).add_(b.index_select(0, j))
+        m = self.edge_act(torch.addmm(z, rbf, self.edge_r.weight.t()))
         m = self.edge_out(m) * env
         agg = scatter_sum(m, i, h.shape[0])
         h = h + self.node_mlp(torch.cat([h, agg], dim=-1))

@@ -48,10 +48,14 @@ class GNSProcessorStep(nn.Module):
         self.node_mlp = _hidden_mlp(2 * hidden, hidden, hidden, mlp_layers, act, layer_norm=True)
 
     def forward(self, h: Tensor, e: Tensor, i: Tensor, j: Tensor, env: Tensor) -> Tuple[Tensor, Tensor]:
-        a = self.edge_sum(h)
+        # The bias of edge_lat is folded into a as b/2 per end (exact halving; a_i + a_j stays
+        # exactly symmetric), so edge_lat's matmul accumulates into the gathered sum (addmm).
+        a = self.edge_sum(h) + 0.5 * self.edge_lat.bias
         p = self.edge_prod(h)
         # a_i + a_j and p_i * p_j are exactly symmetric in floating point (commutative ops)
-        z = a.index_select(0, i) + a.index_select(0, j) + p.index_select(0, i) * p.index_select(0, j) + self.edge_lat(e)
+        z = a.index_select(0, i).add_(a.index_select(0, j))
+        z = z.addcmul_(p.index_select(0, i), p.index_select(0, j))
+        z = torch.addmm(z, e, self.edge_lat.weight.t())
         e = e + self.edge_rest(self.edge_act(z))
         agg = scatter_sum(e * env, i, h.shape[0])
         h = h + self.node_mlp(torch.cat([h, agg], dim=-1))

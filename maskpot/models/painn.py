@@ -33,15 +33,33 @@ class PaiNNMessage(nn.Module):
         self.hidden = hidden
         self.scalar_mlp = mlp([hidden, hidden, 3 * hidden], act)
 
-    def forward(self, s: Tensor, v: Tensor, i: Tensor, j: Tensor, filt: Tensor, unit: Tensor,
-                first: bool) -> Tuple[Tensor, Tensor]:
+    def forward(self, s: Tensor, v: Tensor, i: Tensor, j: Tensor, filt: List[Tensor], unit: Tensor,
+                first: bool, bag_order: Tensor, bag_index: Tensor, bag_offsets: Tensor) -> Tuple[Tensor, Tensor]:
+        # filt = [W_s, W_vv, W_vs](rbf) * f_cut, each [E, F]. The three message parts are gathered
+        # and multiplied separately (same function as splitting one [E, 3F] product): no [E, 3F]
+        # split/cat in the backward pass, and phi_vv is skipped in the first layer (v == 0).
         n, f = s.shape[0], self.hidden
-        x = self.scalar_mlp(s).index_select(0, j) * filt  # [E, 3F]
-        ds, dv_v, dv_r = torch.split(x, f, dim=-1)
-        dv = dv_r.unsqueeze(1) * unit.unsqueeze(-1)  # [E, 3, F]
-        if not first:  # v == 0 in the first layer
-            dv = torch.addcmul(dv, dv_v.unsqueeze(1), v.index_select(0, j))
-        return s + scatter_sum(ds, i, n), v + scatter_sum(dv, i, n)
+        phi_s, phi_vv, phi_vs = torch.split(self.scalar_mlp(s), f, dim=-1)  # [N, F] each
+        ds = phi_s.index_select(0, j) * filt[0]
+        dv_r = phi_vs.index_select(0, j) * filt[2]
+        if bag_index.numel() > 0:
+            # sum_j dv_r_ij r̂_ij as a weighted embedding bag (rows of dv_r, weights r̂_ij[c], one
+            # bag per (c, i)): no [E, 3, F] tensor forward or backward. First-order autograd only,
+            # so used in eval mode (see PaiNN._bags).
+            dv_unit = nn.functional.embedding_bag(bag_index, dv_r, bag_offsets, mode="sum",
+                                                  per_sample_weights=unit.index_select(0, bag_order).t().reshape(-1))
+            v_new = v + dv_unit.view(3, n, f).transpose(0, 1)
+            if not first:
+                dv_v = phi_vv.index_select(0, j) * filt[1]
+                v_new = v_new.index_add(0, i, dv_v.unsqueeze(1) * v.index_select(0, j))
+            return s.index_add(0, i, ds), v_new
+        dv = unit.unsqueeze(-1) * dv_r.unsqueeze(1)  # [E, 3, F]
+        if not first:
+            dv_v = phi_vv.index_select(0, j) * filt[1]
+            # in place: MulBackward keeps its inputs, not its output
+            dv = dv.addcmul_(dv_v.unsqueeze(1), v.index_select(0, j))
+        # s + sum_j ds_ij as one index_add (no zeros tensor, no extra add)
+        return s.index_add(0, i, ds), v.index_add(0, i, dv)
 
 
 class PaiNNUpdate(nn.Module):
@@ -130,19 +148,41 @@ class PaiNN(EnergyModel):
         if not isinstance(config.get("shared_filters"), bool):
             raise ValueError(f"config['shared_filters'] must be true/false, got {config.get('shared_filters')!r}")
 
+    def _bags(self, i: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Eval mode: edge order grouped by centre (stable), and embedding-bag indices / offsets
+        with one bag per (component c, atom i) over the edges of i. Training mode (forces need
+        a double backward, which embedding_bag lacks): empty tensors -> broadcast path."""
+        empty = torch.zeros(0, dtype=torch.long, device=i.device)
+        if self.training:
+            return empty, empty, empty
+        order = torch.argsort(i, stable=True)
+        counts = torch.bincount(i, minlength=n)
+        starts = torch.cumsum(counts, 0) - counts
+        e = i.shape[0]
+        offsets = torch.cat([starts, starts + e, starts + 2 * e])
+        return order, order.repeat(3), offsets
+
     def atomic_energies(self, h0: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tuple[Tensor, Tensor]:
         i, j = edge_index[0], edge_index[1]
         _, unit, rbf, env = self.radial(edge_vec)
         f = self.hidden_channels
         env = env.unsqueeze(-1)
-        filters: List[Tensor] = [net(rbf) * env for net in self.filter_nets]
+        # (W rbf + b) f_cut = [rbf f_cut, f_cut] @ [W, b]^T: the envelope enters through the
+        # matmul (no [E, 3F] elementwise product forward or backward); one [E, F] block each for
+        # phi_s, phi_vv, phi_vs.
+        rbf_env = torch.cat([rbf * env, env], dim=-1)  # [E, K + 1]
+        filters: List[List[Tensor]] = []
+        for net in self.filter_nets:
+            w = torch.cat([net.weight, net.bias.unsqueeze(-1)], dim=-1)  # [3F, K + 1]
+            filters.append([torch.mm(rbf_env, wk.t()) for wk in torch.split(w, f, dim=0)])
         n = h0.shape[0]
+        bag_order, bag_index, bag_offsets = self._bags(i, n)
         s = h0
         v = torch.zeros(n, 3, f, dtype=h0.dtype, device=h0.device)
         k = 0
         for message, update in zip(self.messages, self.updates):
             filt = filters[0] if self.shared_filters else filters[k]
-            s, v = message(s, v, i, j, filt, unit, k == 0)
+            s, v = message(s, v, i, j, filt, unit, k == 0, bag_order, bag_index, bag_offsets)
             s, v = update(s, v)
             k += 1
         e = self.energy_head(s).squeeze(-1)
