@@ -331,6 +331,9 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``maskpot-train`` (returns the exit status; errors exit with status 2)."""
     args = train_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    from maskpot.models.perf import tune_cpu_allocator
+
+    tune_cpu_allocator()  # training allocates the same large edge tensors every step
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:
