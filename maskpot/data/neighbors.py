@@ -46,6 +46,28 @@ def _offsets(device: torch.device) -> Tensor:
     return torch.stack(torch.meshgrid(r, r, r, indexing="ij"), dim=-1).reshape(27, 3)
 
 
+def _is_periodic(flags: List[bool]) -> bool:
+    """All-periodic -> True, all-open -> False; mixed periodicity is refused."""
+    periodic = flags[0] and flags[1] and flags[2]
+    if not periodic and (flags[0] or flags[1] or flags[2]):
+        raise ValueError("neighbour list: mixed periodicity (pbc={}) is not supported".format(flags))
+    return periodic
+
+
+def _check_cutoff(cell: Tensor, cutoff: float) -> Tensor:
+    """Perpendicular widths of a periodic cell; refuses cutoff > half the shortest one."""
+    widths = perpendicular_widths(cell)
+    min_width = float(widths.min())
+    if min_width <= 0.0:
+        raise ValueError("neighbour list: degenerate periodic cell (zero volume)")
+    if cutoff > 0.5 * min_width + 1e-9:
+        raise ValueError(
+            "neighbour list: cutoff {:.4f} A is larger than half the shortest perpendicular "
+            "cell width ({:.4f} A); use a larger box or a smaller cutoff".format(cutoff, 0.5 * min_width)
+        )
+    return widths
+
+
 def _single_graph(positions: Tensor, cell: Tensor, periodic: bool, cutoff: float) -> Tuple[Tensor, Tensor]:
     """Neighbour search for one frame. Returns (edge_index [2, E] local, shifts [E, 3] float)."""
     n = positions.shape[0]
@@ -55,15 +77,7 @@ def _single_graph(positions: Tensor, cell: Tensor, periodic: bool, cutoff: float
         return torch.zeros((2, 0), dtype=torch.long, device=device), torch.zeros((0, 3), dtype=dtype, device=device)
 
     if periodic:
-        widths = perpendicular_widths(cell)
-        min_width = float(widths.min())
-        if min_width <= 0.0:
-            raise ValueError("neighbour list: degenerate periodic cell (zero volume)")
-        if cutoff > 0.5 * min_width + 1e-9:
-            raise ValueError(
-                "neighbour list: cutoff {:.4f} A is larger than half the shortest perpendicular "
-                "cell width ({:.4f} A); use a larger box or a smaller cutoff".format(cutoff, 0.5 * min_width)
-            )
+        widths = _check_cutoff(cell, cutoff)
         frac = positions @ torch.linalg.inv(cell)
         image = torch.floor(frac)  # which periodic image each atom sits in
         frac_wrapped = frac - image
@@ -147,10 +161,7 @@ def neighbor_list(
     start = 0
     for g in range(n_graphs):
         n_g = counts_list[g]
-        flags = pbc_list[g]
-        periodic = flags[0] and flags[1] and flags[2]
-        if not periodic and (flags[0] or flags[1] or flags[2]):
-            raise ValueError("neighbour list: mixed periodicity (pbc={}) is not supported".format(flags))
+        periodic = _is_periodic(pbc_list[g])
         e, s = _single_graph(pos[start : start + n_g], cel[g], periodic, cutoff)
         edges.append(e + start)
         shifts.append(s)
@@ -205,17 +216,9 @@ class VesinNeighborList(torch.nn.Module):
         start = 0
         for g in range(n_graphs):
             n_g = counts_list[g]
-            flags = pbc_list[g]
-            periodic = flags[0] and flags[1] and flags[2]
-            if not periodic and (flags[0] or flags[1] or flags[2]):
-                raise ValueError("neighbour list: mixed periodicity (pbc={}) is not supported".format(flags))
+            periodic = _is_periodic(pbc_list[g])
             if periodic:
-                half = 0.5 * float(perpendicular_widths(cel[g]).min())
-                if self.cutoff > half + 1e-9:
-                    raise ValueError(
-                        "neighbour list: cutoff {:.4f} A is larger than half the shortest perpendicular "
-                        "cell width ({:.4f} A); use a larger box or a smaller cutoff".format(self.cutoff, half)
-                    )
+                _check_cutoff(cel[g], self.cutoff)
             box = cel[g] if periodic else torch.zeros_like(cel[g])
             out = self.calculator.compute(points=pos[start : start + n_g], box=box, periodic=periodic, quantities="ijS")
             edges.append(torch.stack([out[0].long(), out[1].long()]) + start)
