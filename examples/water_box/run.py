@@ -127,7 +127,11 @@ def stage_export(out: Path, run: Path) -> Path:
     path = out / "model.pt"
     if not path.exists():
         banner(f"exporting {run / 'best.pt'} -> {path}")
-        meta = export_model(run / "best.pt", path, dtype="float32")
+        from maskpot.data.neighbors import vesin_available
+
+        # vesin's C++ cell list is ~5x faster than the pure-torch one (benchmarks/RESULTS.md)
+        backend = "vesin" if vesin_available() else "torch"
+        meta = export_model(run / "best.pt", path, dtype="float32", neighbor_backend=backend)
         print(f"  {meta['model']} ({meta['kind']}-centric), cutoff {meta['cutoff']} Å, species {meta['species']}")
     return path
 
