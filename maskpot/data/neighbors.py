@@ -68,6 +68,19 @@ def _check_cutoff(cell: Tensor, cutoff: float) -> Tensor:
     return widths
 
 
+def _frames(cell: Tensor, pbc: Tensor, batch: Tensor) -> List[Tuple[int, int, int, bool]]:
+    """(frame, first atom, atom count, periodic) of every frame; a frame's atoms are contiguous."""
+    n_graphs = cell.shape[0]
+    counts: List[int] = torch.bincount(batch, minlength=n_graphs).tolist()
+    pbc_list: List[List[bool]] = pbc.tolist()
+    out: List[Tuple[int, int, int, bool]] = []
+    start = 0
+    for g in range(n_graphs):
+        out.append((g, start, counts[g], _is_periodic(pbc_list[g])))
+        start += counts[g]
+    return out
+
+
 def _single_graph(positions: Tensor, cell: Tensor, periodic: bool, cutoff: float) -> Tuple[Tensor, Tensor]:
     """Neighbour search for one frame. Returns (edge_index [2, E] local, shifts [E, 3] float)."""
     n = positions.shape[0]
@@ -152,20 +165,12 @@ def neighbor_list(
     """
     pos = positions.detach()
     cel = cell.detach()
-    n_graphs = cell.shape[0]
-    counts = torch.bincount(batch, minlength=n_graphs)
-    counts_list: List[int] = counts.tolist()
-    pbc_list: List[List[bool]] = pbc.tolist()
     edges: List[Tensor] = []
     shifts: List[Tensor] = []
-    start = 0
-    for g in range(n_graphs):
-        n_g = counts_list[g]
-        periodic = _is_periodic(pbc_list[g])
+    for g, start, n_g, periodic in _frames(cell, pbc, batch):
         e, s = _single_graph(pos[start : start + n_g], cel[g], periodic, cutoff)
         edges.append(e + start)
         shifts.append(s)
-        start += n_g
     return torch.cat(edges, dim=1), torch.cat(shifts, dim=0)
 
 
@@ -208,22 +213,15 @@ class VesinNeighborList(torch.nn.Module):
     def forward(self, positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         pos = positions.detach()
         cel = cell.detach()
-        n_graphs = cell.shape[0]
-        counts_list: List[int] = torch.bincount(batch, minlength=n_graphs).tolist()
-        pbc_list: List[List[bool]] = pbc.tolist()
         edges: List[Tensor] = []
         shifts: List[Tensor] = []
-        start = 0
-        for g in range(n_graphs):
-            n_g = counts_list[g]
-            periodic = _is_periodic(pbc_list[g])
+        for g, start, n_g, periodic in _frames(cell, pbc, batch):
             if periodic:
                 _check_cutoff(cel[g], self.cutoff)
             box = cel[g] if periodic else torch.zeros_like(cel[g])
             out = self.calculator.compute(points=pos[start : start + n_g], box=box, periodic=periodic, quantities="ijS")
             edges.append(torch.stack([out[0].long(), out[1].long()]) + start)
             shifts.append(out[2].to(positions.dtype))
-            start += n_g
         edge_index = torch.cat(edges, dim=1)
         shift = torch.cat(shifts, dim=0)
         return edge_index, edge_vectors(positions, cell, batch, edge_index, shift), shift
