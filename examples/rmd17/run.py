@@ -149,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       r.get("speed_ns_per_day")))
     lines += ["## ASE MD (fine-tuned model, 300 K, 0.5 fs)", "",
               markdown_table(["run", "status", "steps", "T mean (K)", "drift (meV/atom/ps)", "speed (ns/day)"], mrows),
-              f"Plots: [analysis/md/report.md](analysis/md/report.md), [analysis/nve/report.md](analysis/nve/report.md)", "",
+              "Plots: [analysis/md/report.md](analysis/md/report.md), [analysis/nve/report.md](analysis/nve/report.md)", "",
               f"Timings: training {t_train:.0f} s, MD {t_md:.0f} s, total {time.perf_counter() - t0:.0f} s."]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     print(f"\nreport: {out / 'report.md'}")

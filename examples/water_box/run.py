@@ -234,7 +234,7 @@ def _metric(d: Dict[str, Any], *words: str) -> Optional[float]:
 def stage_report(out: Path, p: Dict[str, Any], runs: Dict[str, Path], md_res: Dict[str, Dict[str, Any]],
                  timings: Dict[str, float]) -> Path:
     from maskpot.md.analysis import analyze_run
-    from maskpot.md.report import fmt, markdown_table
+    from maskpot.md.report import markdown_table
     from maskpot.utils import atomic_write_json, atomic_write_text
 
     banner("analysis and report")

@@ -20,9 +20,7 @@ Units: ``ase.units`` (fs, K, eV); friction given in 1/ps.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from maskpot.md.guard import MDInstabilityError, StabilityGuard, covalent_bonds, water_bonds
-from maskpot.md.openmm_runner import CSV_COLUMNS, MDSettings, _Log, _truncate_csv
+from maskpot.md.openmm_runner import MDSettings, _Log, _truncate_csv, kj_per_mol_to_ev, open_csv_log
 from maskpot.utils import PathLike, atomic_path, atomic_write_json, versions
 
 __all__ = ["run_ase", "read_structure"]
@@ -42,12 +40,6 @@ def read_structure(path: PathLike, index: int = 0):
     import ase.io
 
     return ase.io.read(str(path), index=index)
-
-
-def _kj_per_mol_per_ev() -> float:
-    from ase import units
-
-    return 1.0 / (units.kJ / units.mol)
 
 
 def run_ase(
@@ -78,7 +70,7 @@ def run_ase(
     paths = {k: out / v for k, v in dict(traj="traj.extxyz", csv="md.csv", chk="checkpoint.extxyz", run="run.json",
                                           result="result.json", log="md.log", final="final.extxyz").items()}
     ckpt_every = s.checkpoint_every or 10 * s.report_every
-    kjmol = _kj_per_mol_per_ev()
+    kjmol = 1.0 / kj_per_mol_to_ev()
     dt_ps = (s.timestep * units.fs) / (1000.0 * units.fs)
     resuming = resume and paths["chk"].exists()
     if not resuming:
@@ -163,12 +155,7 @@ def run_ase(
         return VelocityVerlet(atoms, s.timestep * units.fs)
 
     dyn = make_dyn(step0)
-    new_csv = not (resuming and paths["csv"].exists())
-    csv_fh = open(paths["csv"], "a", newline="")
-    writer = csv.writer(csv_fh)
-    if new_csv:
-        writer.writerow(CSV_COLUMNS)
-        csv_fh.flush()
+    csv_fh, writer = open_csv_log(paths["csv"], resuming)
     last = {"wall": time.perf_counter(), "step": step0, "good_step": step0 if resuming else None}
     # temperature with ASE's convention: 3N degrees of freedom (the COM is not constrained;
     # its momentum is zeroed at the start)

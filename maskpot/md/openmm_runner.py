@@ -33,17 +33,17 @@ Units: the user-facing arguments are Å, fs, K, 1/ps; conversions use ``openmm.u
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 
+from maskpot.data.tip3p import kj_per_mol_to_ev
 from maskpot.md.guard import GuardSettings, MDInstabilityError, StabilityGuard, topology_bonds
 from maskpot.utils import PathLike, atomic_path, atomic_write_json, versions
 
@@ -65,12 +65,6 @@ CSV_COLUMNS = [
 ]
 #: liquid water density used for default box sizes, g/cm³
 WATER_DENSITY = 0.997
-
-
-def kj_per_mol_to_ev() -> float:
-    from ase import units
-
-    return units.kJ / units.mol
 
 
 @dataclass
@@ -235,6 +229,20 @@ def _box_angstrom(topology) -> Optional[np.ndarray]:
     if vecs is None:
         return None
     return np.asarray([list(v.value_in_unit(unit.angstrom)) for v in vecs], dtype=np.float64)
+
+
+def open_csv_log(path: Path, resuming: bool):
+    """Open the MD log CSV for appending (header written only when starting a new file).
+
+    Returns (file handle, csv writer); shared by the OpenMM and ASE runners.
+    """
+    new = not (resuming and path.exists())
+    fh = open(path, "a", newline="")
+    writer = csv.writer(fh)
+    if new:
+        writer.writerow(CSV_COLUMNS)
+        fh.flush()
+    return fh, writer
 
 
 def _truncate_csv(path: Path, last_step: int) -> int:
@@ -427,12 +435,7 @@ def run_openmm(
 
     traj_fh = open(paths["traj"], "r+b" if resuming and paths["traj"].exists() else "wb")
     dcd = app.DCDFile(traj_fh, topology, dt, 0, s.report_every, append=resuming and paths["traj"].stat().st_size > 0)
-    new_csv = not (resuming and paths["csv"].exists())
-    csv_fh = open(paths["csv"], "a", newline="")
-    writer = csv.writer(csv_fh)
-    if new_csv:
-        writer.writerow(CSV_COLUMNS)
-        csv_fh.flush()
+    csv_fh, writer = open_csv_log(paths["csv"], resuming)
 
     last = {"wall": time.perf_counter(), "step": step0, "good_step": step0 if resuming else None}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-import numpy as np
 
 from maskpot.md.openmm_runner import MDSettings, load_pdb, run_openmm, tip3p_system, water_box
 from maskpot.utils import PathLike

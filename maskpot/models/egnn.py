@@ -16,7 +16,7 @@ times fewer FLOPs). Vector head (pretraining): v_i = sum_j phi_v(m_ij) f_cut(r_i
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor, nn

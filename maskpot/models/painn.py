@@ -21,7 +21,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from maskpot.models.common import EnergyModel, activation, mlp, scatter_sum
+from maskpot.models.common import EnergyModel, mlp
 from maskpot.models.registry import register_model
 
 _EPS = 1e-8  # inside sqrt of |V v|: finite gradient at v = 0
