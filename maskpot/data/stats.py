@@ -15,6 +15,7 @@ from maskpot.data.validate import DataValidationError
 __all__ = [
     "composition_matrix",
     "fit_species_energies",
+    "fit_species_offsets",
     "energy_per_atom_stats",
     "force_rms",
     "mean_num_neighbors",
@@ -77,6 +78,31 @@ def fit_species_energies(
     sp = _species(labelled, species)
     A = composition_matrix(labelled, sp)
     E = np.array([s.energy for s in labelled], dtype=np.float64)
+    return _solve_species(A, E, sp, ridge)
+
+
+def fit_species_offsets(
+    samples: Sequence[Sample], residuals: Sequence[float], species: Sequence[int], ridge: float = 1e-12
+) -> Dict[int, float]:
+    """Per-species energy offsets δ (eV) with ``residual_f ≈ Σ_atoms δ[Z]`` (least squares).
+
+    The closed-form correction of a model's energy shift: ``residuals`` are reference minus
+    predicted frame energies (eV) of ``samples``. Weighted least squares (weight 1/N per frame,
+    as energy errors grow with size): the corrected model has zero mean signed error on
+    ``samples`` for any mix of compositions, and per-species errors are removed as well.
+    """
+    if len(residuals) != len(samples) or not len(samples):
+        raise ValueError(f"fit_species_offsets: {len(residuals)} residuals for {len(samples)} frames")
+    sp = np.asarray(sorted(set(int(z) for z in species)), dtype=np.int64)
+    A = composition_matrix(samples, sp)
+    # Weights 1/N_f: the weighted normal equations then make sum_f (r_f - A_f δ) = 0, because the
+    # atom counts N_f = sum_s A_fs lie in the column space; i.e. zero mean signed error.
+    w = 1.0 / np.sqrt(np.maximum(A.sum(axis=1), 1.0))
+    return _solve_species(A * w[:, None], np.asarray(residuals, dtype=np.float64) * w, sp, ridge)
+
+
+def _solve_species(A: np.ndarray, E: np.ndarray, sp: np.ndarray, ridge: float) -> Dict[int, float]:
+    """Ridge-stabilised least squares ``A x ≈ E`` (minimum-norm when rank deficient)."""
     lam = ridge * float(np.mean(np.einsum("fs,fs->s", A, A)))
     A_aug = np.vstack([A, np.sqrt(lam) * np.eye(len(sp))])
     E_aug = np.concatenate([E, np.zeros(len(sp))])

@@ -177,6 +177,7 @@ def run_training(
     from maskpot.training.evaluate import evaluate
     from maskpot.training.metrics_log import MetricsLogger
     from maskpot.training.objectives import build_objective
+    from maskpot.training import setup
     from maskpot.training.setup import fit_normalization
     from maskpot.training.trainer import Trainer
 
@@ -265,6 +266,16 @@ def run_training(
         best = out_dir / "best.pt" if (out_dir / "best.pt").is_file() else last
         data = load_checkpoint(best)
         model.load_state_dict(data["ema_state"] if data.get("ema_state") is not None else data["model_state"])
+        if cfg["task"] == "energy_force" and ctx.is_main and "energy_refit" not in data:
+            refit = setup.refit_checkpoint_energy(best, data, model, train)
+            run_info["energy_refit"] = refit
+            log.info("energy shift refit on %d training frames: mean error %.3g -> %.3g meV",
+                     refit.get("n_frames", 0), refit.get("mean_error_before_meV", 0.0),
+                     refit.get("mean_error_after_meV", 0.0))
+        ctx.barrier()
+        if cfg["task"] == "energy_force" and ctx.enabled and not ctx.is_main:
+            data = load_checkpoint(best)
+            model.load_state_dict(data["ema_state"] if data.get("ema_state") is not None else data["model_state"])
         test_metrics: Dict[str, Any] = {"checkpoint": best.name, "n_frames": len(test)}
         if test:
             test_metrics.update(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from maskpot.data.sample import Sample
@@ -174,5 +175,82 @@ def fit_normalization(model: torch.nn.Module, train: Sequence[Sample]) -> Dict[s
     else:
         energy_scale, force_scale = rms, 1.0
     model.set_normalization(e0, energy_scale=energy_scale, force_scale=force_scale)
-    return {"e0": {int(k): float(v) for k, v in e0.items()}, "force_rms": rms,
-            "energy_scale": energy_scale, "force_scale": force_scale}
+    out: Dict[str, Any] = {"e0": {int(k): float(v) for k, v in e0.items()}, "force_rms": rms,
+                           "energy_scale": energy_scale, "force_scale": force_scale}
+    if has_e:
+        # The network's own per-atom output (random at init, anything after pretraining) adds a
+        # constant that a force-weighted loss never removes: absorb it into the shifts now.
+        out["initial_refit"] = refit_energy_shift(model, train)
+        out["e0"] = {int(z): float(v) for z, v in model.get_normalization()["energy_shift_per_species"].items()}
+    return out
+
+
+def predict_energies(model: torch.nn.Module, samples: Sequence[Sample], batch_size: int = 16) -> np.ndarray:
+    """Frame energies (eV) the model predicts for ``samples`` (eval mode, model dtype/device)."""
+    from maskpot.data.sample import collate
+
+    param = next(iter(model.parameters()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    out: List[np.ndarray] = []
+    try:
+        for start in range(0, len(samples), batch_size):
+            batch = collate(list(samples[start : start + batch_size]), dtype=dtype, device=device)
+            out.append(model(batch)["energy"].detach().double().cpu().numpy().reshape(-1))
+    finally:
+        model.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def refit_energy_shift(model: torch.nn.Module, samples: Sequence[Sample], batch_size: int = 16) -> Dict[str, Any]:
+    """Closed-form per-species energy shift on the residuals of ``samples`` (frames with energy).
+
+    ``E0[Z] += δ[Z]`` with ``δ`` the least-squares fit of ``E_ref - E_pred ≈ Σ_atoms δ[Z]``
+    (:func:`maskpot.data.stats.fit_species_offsets`). Forces do not change. After it, the mean
+    signed energy error on ``samples`` is ~0 (exactly 0 for a single composition). Called when
+    fine-tuning (or training from scratch) starts and on the best weights when it ends, as
+    MACE and nequip refit E0s on fine-tuning. Returns the offsets and the errors before/after (meV).
+    """
+    from maskpot.data.stats import fit_species_offsets
+
+    labelled = [s for s in samples if s.energy is not None]
+    if not labelled:
+        return {"delta": {}, "n_frames": 0}
+    ref = np.array([s.energy for s in labelled], dtype=np.float64)
+    res = ref - predict_energies(model, labelled, batch_size)
+    delta = fit_species_offsets(labelled, res.tolist(), model.species)
+    norm = model.get_normalization()
+    shifts = {int(z): float(v) + delta.get(int(z), 0.0) for z, v in norm["energy_shift_per_species"].items()}
+    model.set_normalization(shifts, energy_scale=float(norm["energy_scale"]), force_scale=float(norm["force_scale"]))
+    counts = np.array([[int(np.sum(s.numbers == z)) for z in sorted(delta)] for s in labelled], dtype=np.float64)
+    after = res - counts @ np.array([delta[z] for z in sorted(delta)])
+    return {
+        "delta": {int(z): float(v) for z, v in delta.items()},
+        "n_frames": len(labelled),
+        "mean_error_before_meV": float(-res.mean() * 1e3),
+        "mean_error_after_meV": float(-after.mean() * 1e3),
+        "mae_before_meV": float(np.abs(res).mean() * 1e3),
+        "mae_after_meV": float(np.abs(after).mean() * 1e3),
+    }
+
+
+def refit_checkpoint_energy(
+    path: Any, data: Dict[str, Any], model: torch.nn.Module, samples: Sequence[Sample]
+) -> Dict[str, Any]:
+    """Refit the energy shift of the weights already loaded in ``model`` (the checkpoint's
+    EMA weights when present) on ``samples`` and write it into both weight sets of checkpoint
+    ``path`` (atomically). The checkpoint gets ``energy_refit`` so it is done once."""
+    from maskpot.training.checkpoint import save_checkpoint
+
+    report = refit_energy_shift(model, samples)
+    key = "normalization.energy_shift"
+    new_shift = model.state_dict()[key].detach().clone()
+    for name in ("model_state", "ema_state"):
+        if data.get(name) is not None and key in data[name]:
+            data[name][key] = new_shift.to(data[name][key].dtype)
+    data["normalization"] = model.get_normalization()
+    data["energy_refit"] = report
+    save_checkpoint(path, data)
+    return report
