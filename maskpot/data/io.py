@@ -162,15 +162,41 @@ def _natural_key(path: Path) -> List[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
-def _load_npz(path: Path) -> Dict[str, np.ndarray]:
+def _unreadable_npz(path: Path, why: str) -> DataValidationError:
+    """Error for an empty, truncated or non-npz file (np.load's own errors name no file)."""
+    size = path.stat().st_size
+    found = "an empty file (0 bytes)" if size == 0 else f"a truncated or corrupt file of {size} bytes ({why})"
+    return DataValidationError(path, "<npz>", f"expected a complete .npz (zip) archive, found {found}")
+
+
+def _open_npz(path: Path) -> Any:
+    """``np.load`` of an existing, complete zip archive (errors name the file)."""
+    import zipfile
+
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        raise _unreadable_npz(path, "not a zip archive")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        return np.load(path, allow_pickle=False)
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise _unreadable_npz(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _load_npz(path: Path) -> Dict[str, np.ndarray]:
+    import zipfile
+    import zlib
+
+    with _open_npz(path) as z:
+        try:
             return {k: z[k] for k in z.files}
-    except ValueError as exc:
-        # Object arrays need pickle: refuse rather than execute code from a data file.
-        raise DataValidationError(path, "<npz>", f"expected plain numeric/string arrays, found: {exc}") from exc
+        except ValueError as exc:
+            if "pickle" not in str(exc):
+                raise _unreadable_npz(path, f"{type(exc).__name__}: {exc}") from exc
+            # Object arrays need pickle: refuse rather than execute code from a data file.
+            raise DataValidationError(path, "<npz>", f"expected plain numeric/string arrays, found: {exc}") from exc
+        except (EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+            raise _unreadable_npz(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -687,9 +713,7 @@ def detect_format(path: PathLike) -> str:
     if suffix in (".xyz", ".extxyz"):
         return "extxyz"
     if suffix == ".npz":
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        with np.load(path, allow_pickle=False) as z:
+        with _open_npz(path) as z:
             keys = set(z.files)
         return "rmd17" if {"nuclear_charges", "coords"} <= keys else "npz"
     if path.name == "input.data" or suffix == ".data":

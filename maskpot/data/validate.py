@@ -37,6 +37,10 @@ MAX_Z = 118
 # Below this (Å) a periodic lattice vector / perpendicular width counts as degenerate.
 _DEGENERATE_TOL = 1e-6
 
+# Rounding allowance (Å) of the cutoff check: a cutoff of exactly half the width passes even when
+# the width comes out of the QR one ulp short (same allowance as maskpot.data.neighbors).
+_CUTOFF_TOL = 1e-9
+
 Shape = Sequence[Optional[int]]
 
 
@@ -178,7 +182,7 @@ def check_cutoff(
             continue
         widths = perpendicular_widths(c, p)
         wmin = float(widths.min())
-        if cutoff > 0.5 * wmin:
+        if cutoff > 0.5 * wmin + _CUTOFF_TOL:
             where = f" (frame {f})" if len(cells) > 1 else ""
             raise DataValidationError(
                 source,

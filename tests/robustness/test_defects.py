@@ -1,0 +1,73 @@
+"""Issue 14, "One-line errors and other defects": defects that are not error messages."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskpot.data import validate
+from maskpot.data.validate import DataValidationError, check_cutoff
+
+
+# ---- atomically written files honour the umask ---------------------------------------------
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_honour_the_umask(tmp_path: Path, umask: int) -> None:
+    import torch
+
+    from maskpot.training.checkpoint import save_checkpoint
+    from maskpot.utils import atomic_write_json, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        atomic_write_json(tmp_path / "run.json", {"a": 1})
+        save_checkpoint(tmp_path / "c.pt", {"model_config": {"name": "painn"}, "model_state": {"w": torch.zeros(1)}})
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what a normal write gives
+    finally:
+        os.umask(old)
+    assert _mode(plain) == 0o666 & ~umask
+    for name in ("a.txt", "run.json", "c.pt"):
+        assert _mode(tmp_path / name) == 0o666 & ~umask, name
+
+
+def test_atomic_rewrite_keeps_the_existing_mode(tmp_path: Path) -> None:
+    from maskpot.utils import atomic_write_text
+
+    path = tmp_path / "shared.txt"
+    path.write_text("old")
+    path.chmod(0o640)
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new" and _mode(path) == 0o640
+
+
+def test_npz_data_file_is_world_readable_under_umask_022(tmp_path: Path) -> None:
+    from maskpot.data.io import write_npz
+    from maskpot.data.sample import Sample
+
+    old = os.umask(0o022)
+    try:
+        write_npz(tmp_path / "d.npz", [Sample(positions=np.zeros((1, 3)), numbers=np.array([1]))])
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "d.npz") == 0o644
+
+
+# ---- check_cutoff at the exact boundary ----------------------------------------------------
+def test_cutoff_of_exactly_half_the_width_passes_despite_rounding(monkeypatch) -> None:
+    sheared = np.array([[10.0, 0, 0], [8.0, 6.0, 0], [0, 0, 10.0]])
+    real = validate.perpendicular_widths
+    # the QR of some BLAS builds gives 5.999999999999999 for the width 6 of this cell
+    monkeypatch.setattr(validate, "perpendicular_widths",
+                        lambda c, p=None: np.nextafter(real(c, p), 0.0))  # one ulp short
+    check_cutoff(sheared, [True] * 3, 3.0)
+    with pytest.raises(DataValidationError, match="3.01"):
+        check_cutoff(sheared, [True] * 3, 3.01, source="sheared")
