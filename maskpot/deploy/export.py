@@ -22,7 +22,8 @@ message ends in ``builtins.ValueError: ...``. The engine adapters (:mod:`maskpot
 Metadata keys: ``format`` ("maskpot-export"), ``format_version``, ``model`` (registered model
 name), ``kind`` ("energy" | "force"), ``cutoff`` (Å), ``species`` (atomic numbers), ``units``,
 ``dtype``, ``neighbor_backend``, ``model_config``, ``train_config``, ``data_hash``, ``task``,
-``metrics``, ``checkpoint``, ``versions`` (at export), ``checkpoint_versions`` (at training),
+``metrics``, ``checkpoint``, ``periodicity`` (of the training frames: "periodic" | "open" |
+"mixed"; None when unknown), ``versions`` (at export), ``checkpoint_versions`` (at training),
 ``export_time`` (UTC, ISO 8601) and ``user`` (free-form metadata passed to :func:`export_model`).
 
 Command line::
@@ -30,6 +31,8 @@ Command line::
     maskpot-export CHECKPOINT -o model.pt [--dtype float32|float64] [--ema/--no-ema]
                    [--neighbor-backend torch|vesin]
     maskpot-export --info model.pt
+
+Exit status: 0 success; 2 bad input (a one-line message naming the file).
 """
 
 from __future__ import annotations
@@ -196,6 +199,7 @@ def _checkpoint_metadata(path: Path, use_ema: bool) -> Tuple[torch.nn.Module, Di
         "checkpoint": str(path),
         "checkpoint_versions": data.get("versions"),
         "weights": "ema" if use_ema and data.get("ema_state") is not None else "model",
+        "periodicity": data.get("periodicity"),
     }
     return model, info
 
@@ -243,6 +247,7 @@ def export_model(
             "checkpoint": None,
             "checkpoint_versions": None,
             "weights": "model",
+            "periodicity": getattr(model, "training_periodicity", None),
         }
     else:
         model, info = _checkpoint_metadata(Path(model_or_checkpoint), use_ema)
@@ -398,9 +403,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("give a CHECKPOINT and -o OUTPUT (or --info MODEL_PT)")
         meta = export_model(args.checkpoint, args.output, dtype=args.dtype, use_ema=args.ema,
                             neighbor_backend=args.neighbor_backend)
-    except (ValueError, ImportError) as exc:
+    except (ValueError, ImportError, OSError) as exc:  # bad input: one line naming the file, exit 2
         print(f"maskpot-export: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {args.output}: {meta['model']} ({meta['kind']}-centric, cutoff {meta['cutoff']} A, "
           f"species {meta['species']}, {meta['dtype']})")
     return 0

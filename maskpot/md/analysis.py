@@ -257,12 +257,32 @@ def energy_drift(time_ps: np.ndarray, energy_ev: np.ndarray, n_atoms: int) -> fl
 
 
 def read_log(path: PathLike) -> Dict[str, np.ndarray]:
-    """Read a runner CSV log into columns of floats (header names as keys)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
+    """Read a runner CSV log into columns of floats (header names as keys).
+
+    Empty or missing trailing fields are NaN; anything else that is not a number is a
+    ``ValueError`` naming the file, the line and the column.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"log {path}: expected a CSV text file, found unreadable content ({exc})") from exc
+    header, body = (rows[0], rows[1:]) if rows else ([], [])
+    body = [(i, r) for i, r in enumerate(body, start=2) if r]
+    if not body:
         return {}
-    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+    cols: Dict[str, list] = {k: [] for k in header}
+    for lineno, row in body:
+        if len(row) > len(header):
+            raise ValueError(f"log {path}: line {lineno}: expected at most {len(header)} comma-separated values "
+                             f"(header {header}), found {len(row)}")
+        for k, v in zip(header, row + [""] * (len(header) - len(row))):
+            try:
+                cols[k].append(float(v) if v.strip() else np.nan)
+            except ValueError:
+                raise ValueError(f"log {path}: line {lineno}: column '{k}': expected a number, found {v!r}") from None
+    return {k: np.array(v, dtype=np.float64) for k, v in cols.items()}
 
 
 def log_statistics(log: Mapping[str, np.ndarray], n_atoms: int, skip_fraction: float = 0.0) -> Dict[str, float]:

@@ -10,8 +10,10 @@
                    --temperature K --ensemble nvt|nve --out DIR [--resume]
     maskpot-analyze TRAJ [--top TOP] [--reference REFTRAJ [--reference-top TOP]] --out DIR
 
-Exit status: 0 success; 2 the stability guard stopped the run (the message, with the step and
-the reason, is printed and written to ``DIR/md.log`` and ``DIR/result.json``); 1 other errors.
+Exit status of ``maskpot-md``: 0 success; 2 the stability guard stopped the run (the message,
+with the step and the reason, is printed and written to ``DIR/md.log`` and ``DIR/result.json``);
+1 bad input or other errors (one line naming the file). ``maskpot-analyze``: 0 success; 2 bad
+input (one line naming the file).
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def md_main(argv: Optional[Sequence[str]] = None) -> int:
     except MDInstabilityError as exc:
         print(f"maskpot-md: {exc} (outputs up to the last good frame in {args.out})", file=sys.stderr)
         return EXIT_UNSTABLE
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, OSError, ImportError) as exc:  # OSError: missing files, --out inside a file, ...
         print(f"maskpot-md: error: {exc}", file=sys.stderr)
         return 1
     print(f"maskpot-md: done, {result['steps_done']} steps in {result['wall_seconds']:.1f} s -> {args.out}")
@@ -156,6 +158,12 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
         cand = Path(traj).parent / "topology.pdb"
         return str(cand) if cand.exists() else None
 
+    given = [("trajectory", args.traj), ("--top", args.top), ("--reference", args.reference),
+             ("--reference-top", args.reference_top), ("--log", args.log), ("--reference-log", args.reference_log)]
+    for what, path in given:
+        if path and not Path(path).is_file():
+            print(f"maskpot-analyze: error: {what} {path}: no such file", file=sys.stderr)
+            return 2
     try:
         res = analyze_run(
             args.traj, top_for(args.traj, args.top), args.reference,
@@ -163,9 +171,9 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
             log=args.log, reference_log=args.reference_log, out=args.out, label=args.label,
             reference_label=args.reference_label, skip_fraction=args.skip, bin_width=args.bin_width,
         )
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"maskpot-analyze: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     keys = ("n_frames", "rdf_distance", "D_1e-5_cm2_s", "oh_mean", "hoh_mean")
     print(json.dumps({k: res[k] for k in keys if k in res}, indent=1, default=str))
     if "stats" in res:

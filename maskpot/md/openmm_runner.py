@@ -138,8 +138,20 @@ def load_pdb(path: PathLike, box: Optional[float] = None):
     from openmm import Vec3, unit
     from openmm.app import PDBFile
 
-    pdb = PDBFile(str(path))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--pdb {path}: no such file")
+    expected = "a PDB file with ATOM/HETATM records (and CRYST1 for a periodic box)"
+    try:
+        pdb = PDBFile(str(path))
+    except (IndexError, AttributeError) as exc:  # openmm's parser: no MODEL with atoms in the file
+        raise ValueError(f"--pdb {path}: expected {expected}, found no atom records (not a PDB file?)") from exc
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:  # openmm's messages name no file
+        raise ValueError(f"--pdb {path}: expected {expected}, found a file it cannot parse "
+                         f"({type(exc).__name__}: {exc})") from exc
     top = pdb.topology
+    if top.getNumAtoms() == 0:
+        raise ValueError(f"--pdb {path}: expected {expected}, found no atoms")
     if box is not None:
         nm = (box * unit.angstrom).value_in_unit(unit.nanometer)
         top.setPeriodicBoxVectors([Vec3(nm, 0, 0), Vec3(0, nm, 0), Vec3(0, 0, nm)])

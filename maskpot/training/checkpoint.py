@@ -14,6 +14,7 @@ ema_state         ``state_dict`` of the EMA weights, or None
 task              "mask" | "denoise" | "energy_force"
 train_config      the resolved training config (dict)
 data_hash         fingerprint of the training data (str)
+periodicity       training frames "periodic" | "open" | "mixed" (engines check their use)
 versions          package versions (dict)
 metrics           last/best validation metrics (dict of floats)
 (resume only)     optimizer_state, scheduler_state, ema_extra, epoch, step, rng_state, ...
@@ -57,10 +58,18 @@ def load_checkpoint(path: PathLike, map_location: str = "cpu") -> Dict[str, Any]
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: file not found")
+    _refuse_torchscript(path)
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, or a pickle that needs code execution
-        raise CheckpointError(f"checkpoint {path}: cannot be read safely ({exc})") from exc
+        text = str(exc)
+        if "WeightsUnpickler error:" in text:  # keep torch's reason, not its advice to load unsafely
+            reason = text.split("WeightsUnpickler error:")[-1].strip().split(" Please use")[0]
+            text = "it holds Python objects that a safe load refuses: " + reason
+        else:
+            text = f"{type(exc).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
+        text = " ".join(text.split())
+        raise CheckpointError(f"checkpoint {path}: cannot be read safely as a maskpot checkpoint ({text})") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(data).__name__}")
     if data.get("format") != FORMAT:
@@ -71,6 +80,33 @@ def load_checkpoint(path: PathLike, map_location: str = "cpu") -> Dict[str, Any]
     if not isinstance(data["model_config"], dict) or "name" not in data["model_config"]:
         raise CheckpointError(f"checkpoint {path}: key 'model_config' must be a dict with a 'name'")
     return data
+
+
+def _refuse_torchscript(path: Path) -> None:
+    """A TorchScript archive (e.g. a maskpot export file) is not a checkpoint: say which is which."""
+    import json
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            meta_names = [n for n in names if n.endswith("/extra/metadata.json")]
+            scripted = bool(meta_names) or any("/code/" in n or n.endswith("/constants.pkl") for n in names)
+            meta = json.loads(zf.read(meta_names[0]).decode("utf-8")) if meta_names else {}
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError):
+        return  # let torch.load report the damage
+    if not scripted:
+        return
+    if isinstance(meta, dict) and meta.get("format") == "maskpot-export":
+        src = meta.get("checkpoint")
+        hint = f" (this one was exported from {src})" if src else ""
+        raise CheckpointError(
+            f"checkpoint {path}: this is a maskpot export file (TorchScript for MD engines), not a training "
+            f"checkpoint; give the checkpoint it was exported from, best.pt or last.pt of the run folder{hint}"
+        )
+    raise CheckpointError(f"checkpoint {path}: this is a TorchScript archive, not a maskpot training checkpoint (best.pt / last.pt)")
 
 
 def model_from_checkpoint(path: PathLike, use_ema: bool = True, map_location: str = "cpu") -> torch.nn.Module:

@@ -25,6 +25,8 @@ import argparse
 import copy
 import json
 import logging
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -69,15 +71,49 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def _check_resume_config(cfg: Dict[str, Any], stored: Dict[str, Any], path: Path) -> None:
-    """The resumed run must be the same run: only ``RESUME_MAY_CHANGE`` keys may differ."""
+# Path-valued keys: compared as resolved paths when resuming (relative ones against the working
+# folder of their run). output.dir is the folder holding last.pt: the run is found by it.
+PATH_KEYS = ("data.path", "data.test_path", "data.split_file", "output.dir")
+
+
+def _resolved(value: Any, base: str) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    return os.path.realpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def _anchor_resume_paths(cfg: Dict[str, Any], stored: Dict[str, Any], stored_cwd: Optional[str]) -> None:
+    """Relative paths read back from the interrupted run's config are relative to the folder that
+    run was started in: make them absolute there, so a resume from elsewhere reads the same files."""
+    if not stored_cwd:
+        return
+    new, old = _flatten(cfg), _flatten(stored)
+    for key in PATH_KEYS[:-1]:  # not output.dir: the run folder is where the user pointed
+        value = new.get(key)
+        if isinstance(value, str) and value and value == old.get(key) and not os.path.isabs(os.path.expanduser(value)):
+            section, name = key.split(".")
+            cfg[section][name] = _resolved(value, stored_cwd)
+
+
+def _check_resume_config(cfg: Dict[str, Any], stored: Dict[str, Any], path: Path, stored_cwd: Optional[str] = None) -> None:
+    """The resumed run must be the same run: only ``RESUME_MAY_CHANGE`` keys may differ (paths are
+    compared resolved: relative stored ones against ``stored_cwd``, the interrupted run's folder)."""
     new, old = _flatten({k: v for k, v in cfg.items() if k != "model"}), _flatten(
         {k: v for k, v in stored.items() if k != "model"}
     )
+    here = os.getcwd()
+
+    def same(k: str) -> bool:
+        if k == "output.dir":
+            return True  # last.pt was found in it: it is this run's folder however it is spelled
+        if k in PATH_KEYS:
+            return _resolved(new.get(k), here) == _resolved(old.get(k), stored_cwd or here)
+        return new.get(k) == old.get(k)
+
     diffs = [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
         for k in sorted(set(new) | set(old))
-        if k not in RESUME_MAY_CHANGE and new.get(k) != old.get(k)
+        if k not in RESUME_MAY_CHANGE and not same(k)
     ]
     stored_model = stored.get("model", {})
     diffs += [
@@ -97,14 +133,28 @@ def _load_data(cfg: Dict[str, Any], out_dir: Path, ctx: Any):
     from maskpot.data.dataset import AtomicDataset, load_or_create_splits, load_splits
     from maskpot.data.io import read_dataset
 
+    from maskpot.data.dataset import _counts
+
     d = cfg["data"]
     if not d["path"]:
         raise ConfigError("key 'data.path' is required (file or folder of frames)")
+    for key in ("path", "test_path"):
+        if d[key] and not Path(d[key]).exists():
+            raise ConfigError(f"key 'data.{key}': {d[key]} not found (expected a data file or folder)")
     samples = read_dataset(d["path"], format=d["format"])
     n = len(samples)
     sizes = d["splits"] if d["splits"] is not None else dict(DEFAULT_SPLITS)
     if d["test_path"] and d["splits"] is None:
         sizes = {"train": 0.9, "val": 0.1}
+    try:
+        _counts(n, sizes)  # every rank checks, so no rank waits at the barrier for a failed one
+    except ValueError as exc:
+        values = list(sizes.values()) if isinstance(sizes, dict) else list(sizes)
+        mixed = any(isinstance(v, float) for v in values) and any(isinstance(v, int) and v > 1 for v in values)
+        hint = " (counts and fractions are mixed: with any float every value is read as a fraction)" if mixed else ""
+        raise ConfigError(
+            f"key 'data.splits' = {sizes} does not fit data {d['path']} ({n} frames){hint}: {exc}"
+        ) from exc
     split_file = Path(d["split_file"]) if d["split_file"] else out_dir / "splits.npz"
     if ctx.is_main:
         splits = load_or_create_splits(split_file, n, sizes, seed=int(d["seed"]))
@@ -156,12 +206,77 @@ def _build_model(cfg: Dict[str, Any], objective: Any, species: List[int], resume
         if "name" not in user:
             raise ConfigError("key 'model.name' is required when training from scratch (egnn | gns | painn)")
         user.setdefault("species", species)
-        model = build_model(user)
-    setup.check_species(model, species, f"data {cfg['data']['path']}")
+        try:
+            model = build_model(user)
+        except ValueError as exc:
+            msg, named = re.subn(r"config\[(['\"])(\w+)\1\]", r"key 'model.\2'", str(exc))
+            raise ConfigError(msg if named else f"key 'model': {msg}") from exc
+    try:
+        setup.check_species(model, species, f"data {cfg['data']['path']}")
+    except ValueError as exc:
+        src = f"--init checkpoint {init['checkpoint']}" if init["checkpoint"] and resume_ckpt is None else (
+            "the resumed run" if resume_ckpt is not None else "the model")
+        raise ConfigError(f"{exc}: {src} cannot be trained on it (use data with its species or train from scratch)") from exc
     if init["freeze_encoder"]:
         frozen, trainable = setup.freeze_encoder(model)
         report["frozen_parameters"], report["trainable_parameters"] = frozen, trainable
     return model, report
+
+
+def _check_labels(cfg: Dict[str, Any], objective: Any, groups: Sequence[Sequence[Any]]) -> None:
+    """Energy/force training needs the labels its loss weights use, in every frame."""
+    if cfg["task"] != "energy_force":
+        return
+    c = getattr(objective, "config", {}) or {}
+    for key, weight_key, unit in (("forces", "force_weight", "eV/Å"), ("energy", "energy_weight", "eV")):
+        weight = c.get(weight_key, 0)
+        if not weight:
+            continue
+        lacking = [s for g in groups for s in g if getattr(s, key) is None]
+        if lacking:
+            s = lacking[0]
+            total = sum(len(g) for g in groups)
+            from maskpot.data.validate import DataValidationError
+
+            raise DataValidationError(
+                f"{s.info.get('source', cfg['data']['path'])} [frame {s.info.get('frame', '?')}]", key,
+                f"expected {key} labels ({unit}) because task energy_force has objective.{weight_key} = {weight}, "
+                f"found none ({len(lacking)} of {total} frames lack them); use labelled data or set "
+                f"objective.{weight_key}=0",
+            )
+
+
+def _check_model_cutoff(model: Any, groups: Sequence[Sequence[Any]]) -> None:
+    """The model's cutoff must fit every periodic cell of the data (before the first step)."""
+    from maskpot.data.validate import DataValidationError, check_cutoff
+
+    cutoff = getattr(model, "cutoff", None)
+    if cutoff is None:
+        return
+    seen = set()
+    for g in groups:
+        for s in g:
+            pbc = np.asarray(s.pbc, dtype=bool)
+            if not pbc.any():
+                continue
+            k = (np.asarray(s.cell, dtype=np.float64).tobytes(), pbc.tobytes())
+            if k in seen:
+                continue
+            seen.add(k)
+            try:
+                check_cutoff(s.cell, pbc, float(cutoff), source=f"{s.info.get('source', '<data>')} [frame {s.info.get('frame', '?')}]")
+            except DataValidationError as exc:
+                raise ConfigError(f"key 'model.cutoff' = {float(cutoff):g} Å does not fit the data: {exc}") from exc
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    """``output.dir`` must be (or become) a folder: no part of it may be a regular file."""
+    for p in (out_dir, *out_dir.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "is" if p == out_dir else "lies inside"
+                raise ConfigError(f"key 'output.dir' ({out_dir}) {what} the regular file {p}: expected a folder")
+            return
 
 
 def run_training(
@@ -190,23 +305,41 @@ def run_training(
             torch.set_num_threads(int(t["num_threads"]))
         seed_everything(int(t["seed"]))
         out_dir = Path(cfg["output"]["dir"])
+        _check_output_dir(out_dir)
         last = out_dir / "last.pt"
         resume_ckpt = None
+        run_cwd = os.getcwd()
         if resume:
             if not last.is_file():
                 raise ConfigError(f"--resume: {last} not found (output.dir = {out_dir})")
             resume_ckpt = load_checkpoint(last)
-            _check_resume_config(cfg, resume_ckpt.get("train_config") or {}, last)
+            stored_cfg = resume_ckpt.get("train_config") or {}
+            try:
+                run_cwd = json.loads((out_dir / "run.json").read_text()).get("cwd") or run_cwd
+                stored_cwd = run_cwd if run_cwd != os.getcwd() else None
+            except (OSError, ValueError, AttributeError):
+                stored_cwd = None
+            _anchor_resume_paths(cfg, stored_cfg, stored_cwd)
+            _check_resume_config(cfg, stored_cfg, last, stored_cwd)
         elif last.exists():
             raise ConfigError(f"{out_dir} already holds a run (last.pt): pass --resume to continue it or choose another output.dir")
         if ctx.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"key 'output.dir': cannot create folder {out_dir} ({exc})") from exc
         ctx.barrier()
 
         samples, splits, train, val, test, hashes = _load_data(cfg, out_dir, ctx)
         species = sorted({int(z) for s in list(samples) + list(test) for z in np.unique(s.numbers)})
-        objective = build_objective(cfg["task"], cfg["objective"])
+        try:
+            objective = build_objective(cfg["task"], cfg["objective"])
+        except ValueError as exc:
+            raise ConfigError(f"key 'objective' (task {cfg['task']}): {exc}") from exc
+        groups = (samples, test) if cfg["data"]["test_path"] else (samples,)
+        _check_labels(cfg, objective, groups)
         model, init_report = _build_model(cfg, objective, species, resume_ckpt)
+        _check_model_cutoff(model, groups)
         norm = None
         if resume_ckpt is None and cfg["task"] == "energy_force":
             norm = fit_normalization(model, train)
@@ -233,6 +366,7 @@ def run_training(
             "init": init_report,
             "world_size": ctx.world_size,
             "argv": list(argv) if argv is not None else None,
+            "cwd": run_cwd,
             "resumed_at": {"epoch": trainer.epoch, "step": trainer.step} if resume_ckpt is not None else None,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -355,7 +489,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         run_training(cfg, resume=args.resume, argv=list(argv) if argv is not None else sys.argv[1:])
-    except (ConfigError, CheckpointError, DataValidationError) as exc:
+    except (ConfigError, CheckpointError, DataValidationError, FileNotFoundError) as exc:
         print(f"maskpot-train: error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -400,13 +534,17 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     from maskpot.training.evaluate import evaluate
 
     args = eval_parser().parse_args(argv)
-    samples = read_dataset(args.data, format=args.format)
-    if args.split_file:
-        idx = load_splits(args.split_file, len(samples))[args.subset]
-        samples = [samples[int(i)] for i in idx]
-    ckpt = load_checkpoint(args.checkpoint)
-    use_ema = not args.no_ema and ckpt.get("ema_state") is not None
-    model = model_from_checkpoint(args.checkpoint, use_ema=use_ema).to(args.device)
+    try:
+        samples = read_dataset(args.data, format=args.format)
+        if args.split_file:
+            idx = load_splits(args.split_file, len(samples))[args.subset]
+            samples = [samples[int(i)] for i in idx]
+        ckpt = load_checkpoint(args.checkpoint)
+        use_ema = not args.no_ema and ckpt.get("ema_state") is not None
+        model = model_from_checkpoint(args.checkpoint, use_ema=use_ema).to(args.device)
+    except (ValueError, FileNotFoundError) as exc:  # DataValidationError, CheckpointError: they name the file
+        print(f"maskpot-eval: error: {exc}", file=sys.stderr)
+        return 2
     dtype = {"float32": torch.float32, "float64": torch.float64}[model.config.get("dtype", "float32")]
     t0 = time.perf_counter()
     metrics: Dict[str, Any] = evaluate(model, samples, None, batch_size=args.batch_size, dtype=dtype,

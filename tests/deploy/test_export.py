@@ -78,18 +78,18 @@ def test_cli_export_and_info(checkpoint, tmp_path, capsys):
 def test_cli_errors(checkpoint, tmp_path, capsys):
     path, model, _ = checkpoint
     out = tmp_path / "model.pt"
-    assert main([str(path), "-o", str(out), "--dtype", "float16"]) == 1
+    assert main([str(path), "-o", str(out), "--dtype", "float16"]) == 2
     assert "unsupported dtype 'float16'" in capsys.readouterr().err and not out.exists()
     # a checkpoint without its weights
     broken = tmp_path / "broken.ckpt"
     torch.save({"format": "maskpot-checkpoint", "format_version": 1, "model_config": model.config}, broken)
-    assert main([str(broken), "-o", str(out)]) == 1
+    assert main([str(broken), "-o", str(out)]) == 2
     assert "missing key 'model_state'" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="model_state"):
         export_model(broken, out)
-    assert main([str(tmp_path / "nope.ckpt"), "-o", str(out)]) == 1
+    assert main([str(tmp_path / "nope.ckpt"), "-o", str(out)]) == 2
     assert "file not found" in capsys.readouterr().err
-    assert main(["--info", str(path)]) == 1  # a checkpoint is not an export file
+    assert main(["--info", str(path)]) == 2  # a checkpoint is not an export file
     assert "not a maskpot export file" in capsys.readouterr().err
     assert not out.exists()
 
