@@ -621,8 +621,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from tqdm.auto import tqdm
 
+    from maskpot.utils import progress_wanted
+
     results: Dict[str, Dict[str, Any]] = {}
-    bar = tqdm(runs, desc="runs", unit="run", disable=args.no_progress, dynamic_ncols=True)
+    bar = tqdm(runs, desc="runs", unit="run", disable=not progress_wanted(not args.no_progress), dynamic_ncols=True)
     for r in bar:
         bar.set_postfix_str(r.name)
         if r.depends and not (out / "runs" / r.depends / "best.pt").is_file():

@@ -60,6 +60,21 @@ def _umask() -> int:
     return mask
 
 
+def progress_wanted(requested: bool = True) -> bool:
+    """Whether to draw progress bars: only when asked and stderr (where tqdm draws) is a terminal
+    or a notebook. Redirected to a file or in CI, carriage-return bars would fill the log; the
+    trainer logs one line per epoch and the MD runners their own lines instead."""
+    if not requested:
+        return False
+    import sys
+
+    try:
+        tty = bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        tty = False
+    return tty or "ipykernel" in sys.modules
+
+
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp:

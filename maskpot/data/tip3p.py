@@ -328,6 +328,8 @@ def _run_one_seed(
     from openmm import unit
     from tqdm.auto import tqdm
 
+    from maskpot.utils import progress_wanted
+
     rng, integrator_seed, velocity_seed = _openmm_seed(seed)
     positions = water_lattice(n_molecules, box, rng)
 
@@ -359,7 +361,7 @@ def _run_one_seed(
         total=equilibration_steps + n_frames * every,
         desc=f"tip3p seed {seed}",
         unit="step",
-        disable=not progress,
+        disable=not progress_wanted(progress),
         leave=False,
     ) as bar:
         t0 = time.perf_counter()

@@ -63,6 +63,8 @@ def run_ase(
     from ase.md.verlet import VelocityVerlet
     from tqdm.auto import tqdm
 
+    from maskpot.utils import progress_wanted
+
     s = settings or MDSettings()
     s.validate()
     out = Path(out)
@@ -190,7 +192,8 @@ def run_ase(
             ase.io.write(str(tmp), frame, format="extxyz")
 
     step = step0
-    bar = tqdm(total=s.steps, initial=step0, desc=f"MD {out.name}", unit="step", disable=not s.progress, dynamic_ncols=True)
+    bar = tqdm(total=s.steps, initial=step0, desc=f"MD {out.name}", unit="step", disable=not progress_wanted(s.progress),
+               dynamic_ncols=True)
     try:
         if not resuming:
             record(0, True)

@@ -336,6 +336,8 @@ def run_openmm(
     from openmm import app, unit
     from tqdm.auto import tqdm
 
+    from maskpot.utils import progress_wanted
+
     s = settings or MDSettings()
     s.validate()
     out = Path(out)
@@ -472,7 +474,7 @@ def run_openmm(
                 sim.saveCheckpoint(fh)
 
     step = step0
-    bar = tqdm(total=s.steps, initial=step0, desc=f"MD {out.name}", unit="step", disable=not s.progress,
+    bar = tqdm(total=s.steps, initial=step0, desc=f"MD {out.name}", unit="step", disable=not progress_wanted(s.progress),
                dynamic_ncols=True)
     try:
         if not resuming:

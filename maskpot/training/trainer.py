@@ -49,7 +49,9 @@ class Interrupted(RuntimeError):
 
 
 def _progress(iterable: Any, enabled: bool, **kw: Any) -> Any:
-    if not enabled:
+    from maskpot.utils import progress_wanted
+
+    if not progress_wanted(enabled):  # not on a terminal: the per-epoch log line only
         return iterable
     from tqdm.auto import tqdm
 

@@ -71,3 +71,81 @@ def test_cutoff_of_exactly_half_the_width_passes_despite_rounding(monkeypatch) -
     check_cutoff(sheared, [True] * 3, 3.0)
     with pytest.raises(DataValidationError, match="3.01"):
         check_cutoff(sheared, [True] * 3, 3.01, source="sheared")
+
+
+# ---- no carriage-return progress bars when stderr is not a terminal ------------------------
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.parts = tty, []
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_only_on_a_terminal(monkeypatch) -> None:
+    import sys
+
+    from maskpot.utils import progress_wanted
+
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=False))
+    assert not progress_wanted(True)
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=True))
+    assert progress_wanted(True) and not progress_wanted(False)
+
+
+def _tiny_training(tmp_path: Path, progress: bool):
+    from maskpot.data.io import write_npz
+    from maskpot.data.sample import Sample
+    from maskpot.training.cli import run_training
+    from maskpot.training.config import load_config
+
+    rng = np.random.default_rng(0)
+    frames = [Sample(positions=rng.normal(size=(5, 3)) * 1.3, numbers=np.array([6, 1, 1, 1, 1]), energy=float(rng.normal()),
+                     forces=rng.normal(size=(5, 3))) for _ in range(8)]
+    write_npz(tmp_path / "d.npz", frames)
+    cfg = load_config(None, [f"data.path={tmp_path / 'd.npz'}", "data.splits={train: 6, val: 2}", "train.epochs=2",
+                             "train.batch_size=2", "model={name: painn, cutoff: 3.0, hidden_channels: 8, num_layers: 1}",
+                             f"output.dir={tmp_path / 'run'}", f"output.progress={'true' if progress else 'false'}",
+                             "output.plot=false", "train.num_threads=1"])
+    run_training(cfg)
+
+
+def test_training_log_without_progress_bars_when_redirected(tmp_path: Path, monkeypatch, caplog) -> None:
+    import logging
+    import sys
+
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    redirected = _Stream(tty=False)  # `maskpot-train ... > log 2>&1`, CI
+    monkeypatch.setattr(sys, "stderr", redirected)
+    with caplog.at_level(logging.INFO, logger="maskpot"):
+        _tiny_training(tmp_path, progress=True)
+    assert "\r" not in "".join(redirected.parts)
+    epoch_lines = [r for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epoch_lines) >= 2  # the trainer's one line per epoch stays
+
+
+def test_md_without_progress_bar_when_redirected(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+
+    from maskpot.md.ase_runner import run_ase
+    from maskpot.md.guard import GuardSettings
+    from maskpot.md.openmm_runner import MDSettings
+
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    redirected = _Stream(tty=False)
+    monkeypatch.setattr(sys, "stderr", redirected)
+    s = MDSettings(steps=20, timestep=0.5, report_every=5, minimize_iterations=0, progress=True,
+                   guard=GuardSettings(min_distance=None, max_bond=None, temperature_factor=None))
+    run_ase(molecule("CH4"), EMT(), tmp_path / "md", s, echo=False)
+    assert "\r" not in "".join(redirected.parts)
