@@ -104,6 +104,32 @@ def water_density(n_molecules: int, box: float) -> float:
     return grams / volume
 
 
+#: Densities (g/cm³) outside this range give a warning: liquid water is ~1.0 (TIP3P at 300 K: 0.98).
+PLAUSIBLE_DENSITY = (0.85, 1.15)
+#: Outside this range the box is refused (ice Ih 0.92, water at 1 GPa ~1.25; 1.9 g/cm³ is no water).
+ALLOWED_DENSITY = (0.5, 1.5)
+
+
+def check_density(n_molecules: int, box: float, allow_any_density: bool = False) -> float:
+    """Density (g/cm³) of ``n_molecules`` waters in a cubic ``box`` (Å): warn outside
+    :data:`PLAUSIBLE_DENSITY`, refuse outside :data:`ALLOWED_DENSITY` (``allow_any_density``: warn)."""
+    import warnings
+
+    rho = water_density(n_molecules, box)
+    lo, hi = PLAUSIBLE_DENSITY
+    if lo <= rho <= hi:
+        return rho
+    good = box * (rho / 0.997) ** (1.0 / 3.0)  # the side giving 0.997 g/cm³
+    msg = (f"n_molecules={n_molecules} in box={box} Å is a density of {rho:.3f} g/cm³ (liquid water: ~1.0; "
+           f"{n_molecules} molecules need box ≈ {good:.2f} Å)")
+    alo, ahi = ALLOWED_DENSITY
+    if not (alo <= rho <= ahi) and not allow_any_density:
+        raise ValueError(f"{msg}: refused, outside {alo}-{ahi} g/cm³ (pass allow_any_density=True / "
+                         "--allow-any-density to generate it anyway)")
+    warnings.warn(f"{msg}: implausible for liquid water (outside {lo}-{hi} g/cm³)", UserWarning, stacklevel=2)
+    return rho
+
+
 def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
     ok = value >= 0 if allow_zero else value > 0
     if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and ok):
@@ -436,6 +462,7 @@ def generate_tip3p(
     minimize_tolerance: float = 10.0,
     minimize_iterations: int = 5000,
     checkpoint: Optional[PathLike] = None,
+    allow_any_density: bool = False,
 ) -> Dict[str, Any]:
     """Run TIP3P water MD with OpenMM and return labelled frames in Å / eV / eV/Å.
 
@@ -469,6 +496,8 @@ def generate_tip3p(
         checkpoint: optional ``.partial.npz`` path; each finished seed is written there
             atomically and, if the file exists with the same parameters, finished seeds are
             loaded from it instead of being rerun.
+        allow_any_density: generate boxes whose density is outside 0.5-1.5 g/cm³ (with a warning)
+            instead of refusing them; 0.85-1.15 g/cm³ is accepted silently, the rest with a warning.
 
     Returns:
         dict with ``positions`` [F,N,3] Å, ``numbers`` [N], ``cell`` [F,3,3] Å, ``pbc`` [3],
@@ -498,6 +527,7 @@ def generate_tip3p(
     _check_int("minimize_iterations", minimize_iterations, 0)
     _check_positive("minimize_tolerance", minimize_tolerance)
     cutoff = validate_box(n_molecules, box, cutoff)
+    check_density(n_molecules, box, allow_any_density)
 
     plat = select_platform(platform)
     props = _platform_properties(plat, threads, precision, deterministic)
@@ -673,6 +703,81 @@ def save_tip3p_npz(path: PathLike, data: Mapping[str, Any], dtype: Union[str, np
             np.savez(fh, **arrays)
 
 
+def tip3p_labels(
+    positions: np.ndarray,
+    box: float,
+    cutoff: Optional[float] = None,
+    platform: Optional[str] = None,
+    threads: Optional[int] = None,
+    ewald_error_tolerance: float = 5e-4,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Flexible-TIP3P energies and forces of arbitrary water geometries (the teacher as a labeller).
+
+    Args:
+        positions: [F, N, 3] Å, atoms in topology order (O, H, H per molecule), cubic box.
+        box: cubic box side, Å.
+        cutoff, platform, threads, ewald_error_tolerance: as in :func:`generate_tip3p`.
+
+    Returns:
+        (energy [F] eV, forces [F, N, 3] eV/Å), with the same system and settings as the generator.
+    """
+    import openmm
+    from openmm import unit
+
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 3 or pos.shape[2] != 3 or pos.shape[1] % 3:
+        raise ValueError(f"tip3p_labels: positions must be [frames, 3 x molecules, 3] Å, got shape {pos.shape}")
+    n_molecules = pos.shape[1] // 3
+    cutoff = validate_box(n_molecules, box, cutoff)
+    _, system = water_system(n_molecules, box, cutoff, False, DEFAULT_FORCEFIELD, ewald_error_tolerance)
+    plat = select_platform(platform)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.5 * unit.femtosecond), plat,
+                             _platform_properties(plat, threads, None, False))
+    ev = kj_per_mol_to_ev()
+    energy, forces = np.empty(len(pos)), np.empty_like(pos)
+    for f, x in enumerate(pos):
+        context.setPositions(x * unit.angstrom)
+        state = context.getState(getEnergy=True, getForces=True, getPositions=True)
+        _, energy[f], forces[f], _ = state_arrays(state, ev)
+    return energy, forces
+
+
+def rattle_frames(data: Mapping[str, Any], sigma: float, seed: int, **label_kw: Any) -> Dict[str, Any]:
+    """Copies of generator frames with Gaussian noise of ``sigma`` Å on every coordinate,
+    labelled with flexible TIP3P (:func:`tip3p_labels`).
+
+    Distorted geometries (stretched bonds, closed H–O–H angles) that thermal MD rarely visits;
+    potentials trained with them have a restoring force there, which keeps learned MD stable.
+    Returns a dict of the same layout as :func:`generate_tip3p`'s output.
+    """
+    _check_positive("sigma", sigma)
+    rng = np.random.default_rng([int(seed), 4242])
+    pos = np.asarray(data["positions"], dtype=np.float64)
+    pos = pos + rng.normal(0.0, float(sigma), size=pos.shape)
+    box = float(np.asarray(data["cell"])[0, 0, 0])
+    energy, forces = tip3p_labels(pos, box, **label_kw)
+    meta = dict(json.loads(data["metadata"]) if isinstance(data["metadata"], str) else data["metadata"])
+    meta.update(rattle_sigma_angstrom=float(sigma), rattle_seed=int(seed))
+    return {**dict(data), "positions": pos, "energy": energy, "forces": forces, "metadata": meta}
+
+
+def concat_frames(parts: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Concatenate generator outputs of the same system (frames, energies, forces, cells)."""
+    if not parts:
+        raise ValueError("concat_frames: nothing to concatenate")
+    first = parts[0]
+    for p in parts[1:]:
+        if not np.array_equal(np.asarray(p["numbers"]), np.asarray(first["numbers"])):
+            raise ValueError("concat_frames: the parts hold different systems (atomic numbers differ)")
+    out = dict(first)
+    for key in ("positions", "cell", "energy", "forces"):
+        out[key] = np.concatenate([np.asarray(p[key]) for p in parts])
+    out["trajectory"] = np.concatenate([np.full(len(p["energy"]), k, dtype=np.int64) for k, p in enumerate(parts)])
+    metas = [json.loads(p["metadata"]) if isinstance(p["metadata"], str) else p["metadata"] for p in parts]
+    out["metadata"] = {**dict(metas[0]), "parts": metas}
+    return out
+
+
 def partial_path(output: PathLike) -> Path:
     """Checkpoint file used by the CLI for ``output``: ``<name>.partial.npz`` beside it."""
     output = Path(output)
@@ -691,7 +796,11 @@ __all__ = [
     "save_tip3p_npz",
     "select_platform",
     "state_arrays",
+    "tip3p_labels",
+    "rattle_frames",
+    "concat_frames",
     "validate_box",
+    "check_density",
     "water_density",
     "water_lattice",
     "water_system",

@@ -253,3 +253,26 @@ def test_checkpoint_with_other_parameters_is_refused(tmp_path: Path):
     assert ck.exists()
     with pytest.raises(ValueError, match="different parameters"):
         tip3p.generate_tip3p(seed=0, checkpoint=ck, **dict(kw, every=6))
+
+
+def test_tip3p_labels_reproduce_the_generator(flex):
+    """Relabelling the generator's own frames gives its energies and forces (same system)."""
+    energy, forces = tip3p.tip3p_labels(flex["positions"], TINY["box"], cutoff=TINY["cutoff"], platform="Reference")
+    assert np.allclose(energy, flex["energy"], atol=1e-6)
+    assert np.allclose(forces, flex["forces"], atol=1e-5)
+
+
+def test_rattled_frames_are_distorted_and_labelled(flex):
+    rattled = tip3p.rattle_frames(flex, 0.1, seed=3, cutoff=TINY["cutoff"], platform="Reference")
+    shift = rattled["positions"] - flex["positions"]
+    assert 0.08 < shift.std() < 0.12
+    bonds, angle = _geometry(rattled)
+    bonds0, angle0 = _geometry(flex)
+    assert bonds.std() > 2 * bonds0.std() and angle.std() > angle0.std()
+    # distorted geometries cost energy and have larger restoring forces
+    assert rattled["energy"].mean() > flex["energy"].mean()
+    assert np.abs(rattled["forces"]).mean() > np.abs(flex["forces"]).mean()
+    both = tip3p.concat_frames([flex, rattled])
+    assert len(both["energy"]) == 2 * len(flex["energy"]) and both["trajectory"].max() == 1
+    with pytest.raises(ValueError, match="positions must be"):
+        tip3p.tip3p_labels(np.zeros((2, 4, 3)), TINY["box"])
