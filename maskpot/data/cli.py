@@ -51,6 +51,8 @@ def _add_tip3p(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="stored float dtype")
     p.add_argument("--no-resume", action="store_true", help="ignore (and overwrite) an existing .partial.npz")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--allow-any-density", action="store_true",
+                   help="generate boxes outside 0.5-1.5 g/cm³ (warned about) instead of refusing them")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_tip3p)
 
@@ -89,6 +91,7 @@ def _run_tip3p(args: argparse.Namespace) -> int:
             precision=args.precision,
             deterministic=args.deterministic,
             checkpoint=partial,
+            allow_any_density=args.allow_any_density,
         )
     except ValueError as err:  # bad user input: a clear message, not a traceback
         raise SystemExit(f"maskpot-generate tip3p: {err}") from err

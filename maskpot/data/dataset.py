@@ -197,21 +197,29 @@ def _check_splits(splits: Mapping[str, np.ndarray], n: Optional[int], source: An
 
 
 def save_splits(
-    path: PathLike, splits: Mapping[str, np.ndarray], n: int, metadata: Optional[Dict[str, Any]] = None
+    path: PathLike, splits: Mapping[str, np.ndarray], n: int, metadata: Optional[Dict[str, Any]] = None,
+    data_hash: Optional[str] = None,
 ) -> None:
-    """Validate and write ``splits`` (plus ``n`` and JSON ``metadata``) to an ``.npz``, atomically."""
+    """Validate and write ``splits`` (plus ``n``, the ``data_hash`` of the frames they index
+    — see :meth:`AtomicDataset.data_hash` — and JSON ``metadata``) to an ``.npz``, atomically."""
     checked = _check_splits(splits, n, path)
     arrays: Dict[str, np.ndarray] = dict(checked)
     arrays["n"] = np.array(int(n), dtype=np.int64)
+    if data_hash is not None:
+        arrays["data_hash"] = np.array(str(data_hash))
     arrays["metadata"] = np.array(json.dumps(metadata or {}, sort_keys=True, default=str))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
 
-def load_splits(path: PathLike, n: Optional[int] = None) -> Dict[str, np.ndarray]:
+def load_splits(path: PathLike, n: Optional[int] = None, data_hash: Optional[str] = None) -> Dict[str, np.ndarray]:
     """Load and validate a splits file; if ``n`` is given it must match the stored ``n``.
 
+    If ``data_hash`` is given and the file stores one, they must be equal: splits index the frames
+    of one data file, and another file with the same frame count would be split silently wrong
+    (test frames of one run being training frames of another). Files without a stored hash
+    (written before it was recorded) are accepted with a warning.
     Checks that indices are in range and the splits disjoint; errors name the file and key.
     Returns ``{"train", "val", "test"}`` -> int64 arrays.
     """
@@ -227,13 +235,23 @@ def load_splits(path: PathLike, n: Optional[int] = None) -> Dict[str, np.ndarray
         raise DataValidationError(
             path, "n", f"expected splits for {n} frames, found splits for {stored_n} (different dataset?)"
         )
+    if data_hash is not None:
+        if "data_hash" not in data:
+            warnings.warn(f"{path}: key 'data_hash' missing (splits written by an older maskpot): cannot check "
+                          "that they belong to this data file", stacklevel=2)
+        elif str(data["data_hash"]) != str(data_hash):
+            raise DataValidationError(
+                path, "data_hash", f"expected splits made for data with hash {data_hash}, found splits for data "
+                f"with hash {str(data['data_hash'])}: this splits file belongs to another data file (same "
+                f"frame count {stored_n}, different frames)")
     return _check_splits(data, stored_n, path)
 
 
 def load_or_create_splits(
-    path: PathLike, n: int, sizes: Sizes = (0.8, 0.1, 0.1), seed: int = 0
+    path: PathLike, n: int, sizes: Sizes = (0.8, 0.1, 0.1), seed: int = 0, data_hash: Optional[str] = None
 ) -> Dict[str, np.ndarray]:
-    """Reuse ``path`` if it exists (it must be for ``n`` frames), else make, save and return splits.
+    """Reuse ``path`` if it exists (it must be for ``n`` frames and, when given and stored, the same
+    ``data_hash``), else make, save (with ``data_hash``) and return splits.
 
     A file for a different ``n`` is an error rather than silently replaced: overwriting splits
     can leak test frames into training of a resumed or compared run. If the stored seed/sizes
@@ -241,7 +259,7 @@ def load_or_create_splits(
     """
     path = Path(path)
     if path.exists():
-        splits = load_splits(path, n)
+        splits = load_splits(path, n, data_hash)
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["metadata"])) if "metadata" in z.files else {}
         requested = {"seed": seed, "counts": _counts(n, sizes)}
@@ -250,5 +268,6 @@ def load_or_create_splits(
             warnings.warn(f"{path}: reusing stored splits {stored} instead of requested {requested}", stacklevel=2)
         return splits
     splits = make_splits(n, sizes, seed)
-    save_splits(path, splits, n, metadata={"seed": seed, "counts": _counts(n, sizes), "sizes": sizes})
+    save_splits(path, splits, n, metadata={"seed": seed, "counts": _counts(n, sizes), "sizes": sizes},
+                data_hash=data_hash)
     return splits

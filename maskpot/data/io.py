@@ -33,9 +33,11 @@ from ase.data import atomic_numbers as _SYMBOL_TO_Z
 
 from maskpot.data.sample import Sample
 from maskpot.data.validate import (
+    MIN_DISTANCE,
     DataValidationError,
     check_finite,
     check_numbers,
+    check_plausibility,
     check_shape,
     frame_range_error,
     require_key,
@@ -209,12 +211,14 @@ def read_xyz(
     index: Index = None,
     energy_key: str = "energy",
     forces_key: str = "forces",
+    units: Optional[str] = None,
 ) -> List[Sample]:
     """Read extended XYZ with ``ase.io`` (Å, eV, eV/Å — ASE's units).
 
     Energy comes from ``info[energy_key]`` or the attached calculator, forces from
     ``arrays[forces_key]`` or the calculator. A per-atom array named ``molecule`` becomes
-    ``Sample.molecule``. If a frame carries a ``units`` info field (we write one), it is honoured.
+    ``Sample.molecule``. If a frame carries a ``units`` info field (we write one), it is honoured;
+    an explicit ``units`` argument (``"<length>,<energy>"``, see :func:`parse_units`) overrides it.
     """
     import ase.io
 
@@ -228,6 +232,7 @@ def read_xyz(
         index.step is None or index.step > 0
     )
     ase_index: Any = int(index) if simple_int else index if simple_slice else ":"
+    explicit = None if units is None else parse_units(units, path, "units (argument)")
     try:
         images = ase.io.read(path, index=ase_index, format="extxyz")
     except Exception as exc:  # ase raises many types; re-raise with the file named
@@ -254,7 +259,9 @@ def read_xyz(
         if forces is None and forces_key == "forces":
             forces = calc_results.get("forces")
         lf, ef = (1.0, 1.0)
-        if "units" in atoms.info:
+        if explicit is not None:
+            lf, ef = explicit
+        elif "units" in atoms.info:
             lf, ef = parse_units(atoms.info["units"], src)
         mol = atoms.arrays.get("molecule")
         n = len(atoms)
@@ -368,19 +375,33 @@ def write_npz(path: PathLike, samples: Sequence[Sample], metadata: Optional[Dict
             np.savez(fh, **arrays)
 
 
-def read_npz(path: PathLike, index: Index = None) -> List[Sample]:
-    """Read a ``.npz``: maskpot's format, or rMD17 (recognised by its ``nuclear_charges`` key)."""
+def read_npz(path: PathLike, index: Index = None, units: Optional[str] = None) -> List[Sample]:
+    """Read a ``.npz``: maskpot's format, or rMD17 (recognised by its ``nuclear_charges`` key).
+
+    ``units`` (``"<length>,<energy>"``) overrides the file's ``units`` key (with a warning when
+    they differ) — for files whose stored units are wrong.
+    """
     path = Path(path)
     data = _load_npz(path)
     if "nuclear_charges" in data and "coords" in data:
-        return _rmd17_from_arrays(data, path, index)
-    return _maskpot_from_arrays(data, path, index)
+        return _rmd17_from_arrays(data, path, index, units)
+    return _maskpot_from_arrays(data, path, index, units)
 
 
-def _maskpot_from_arrays(data: Dict[str, np.ndarray], path: Path, index: Index) -> List[Sample]:
-    for key in ("positions", "numbers", "cell", "pbc", "units"):
+def _maskpot_from_arrays(
+    data: Dict[str, np.ndarray], path: Path, index: Index, units: Optional[str] = None
+) -> List[Sample]:
+    for key in ("positions", "numbers", "cell", "pbc") + (("units",) if units is None else ()):
         require_key(data, key, path)
-    lf, ef = parse_units(data["units"], path)
+    if units is None:
+        lf, ef = parse_units(data["units"], path)
+    else:
+        lf, ef = parse_units(units, path, "units (argument)")
+        if "units" in data and parse_units(data["units"], path) != (lf, ef):
+            import warnings
+
+            warnings.warn(f"{path}: key 'units': the file says {str(data['units'])!r}; reading it as {units!r} "
+                          "as requested", stacklevel=3)
     meta: Dict[str, Any] = {}
     if "metadata" in data:
         try:
@@ -469,14 +490,24 @@ def _maskpot_from_arrays(data: Dict[str, np.ndarray], path: Path, index: Index) 
 KCAL_PER_MOL = units.kcal / units.mol
 
 
-def read_rmd17(path: PathLike, index: Index = None) -> List[Sample]:
+#: Units of the revised-MD17 files.
+RMD17_UNITS = "angstrom,kcal/mol"
+
+
+def read_rmd17(path: PathLike, index: Index = None, units: Optional[str] = None) -> List[Sample]:
     """Read a revised-MD17 ``.npz`` (``nuclear_charges`` [N], ``coords`` [F,N,3] Å,
-    ``energies`` [F] kcal/mol, ``forces`` [F,N,3] kcal/mol/Å) into eV and eV/Å. Open boundaries."""
+    ``energies`` [F] kcal/mol, ``forces`` [F,N,3] kcal/mol/Å) into eV and eV/Å. Open boundaries.
+
+    ``units`` overrides the rMD17 units (``"angstrom,kcal/mol"``) for files in the rMD17 layout
+    that hold other units."""
     path = Path(path)
-    return _rmd17_from_arrays(_load_npz(path), path, index)
+    return _rmd17_from_arrays(_load_npz(path), path, index, units)
 
 
-def _rmd17_from_arrays(data: Dict[str, np.ndarray], path: Path, index: Index) -> List[Sample]:
+def _rmd17_from_arrays(
+    data: Dict[str, np.ndarray], path: Path, index: Index, units: Optional[str] = None
+) -> List[Sample]:
+    lf, ef = parse_units(RMD17_UNITS if units is None else units, path, "units" if units is None else "units (argument)")
     for key in ("nuclear_charges", "coords", "energies", "forces"):
         require_key(data, key, path)
     z = check_shape(data["nuclear_charges"], (None,), "nuclear_charges", path).astype(np.int64)
@@ -499,10 +530,10 @@ def _rmd17_from_arrays(data: Dict[str, np.ndarray], path: Path, index: Index) ->
             info["old_index"] = int(old[f])
         samples.append(
             Sample(
-                positions=coords[k],
+                positions=coords[k] * lf,
                 numbers=z,
-                energy=float(energies[k]) * KCAL_PER_MOL,
-                forces=forces[k] * KCAL_PER_MOL,
+                energy=float(energies[k]) * ef,
+                forces=forces[k] * (ef / lf),
                 info=info,
             )
         )
@@ -523,7 +554,7 @@ def _deepmd_systems(path: Path) -> List[Path]:
     return systems
 
 
-def _read_deepmd_system(system: Path) -> List[Sample]:
+def _read_deepmd_system(system: Path, lf: float = 1.0, ef: float = 1.0) -> List[Sample]:
     type_file, map_file = system / "type.raw", system / "type_map.raw"
     types = np.loadtxt(type_file, dtype=np.int64, ndmin=1).reshape(-1)
     if not map_file.is_file():
@@ -572,29 +603,31 @@ def _read_deepmd_system(system: Path) -> List[Sample]:
         for f in range(F):
             samples.append(
                 Sample(
-                    positions=coord[f],
+                    positions=coord[f] * lf,
                     numbers=numbers,
-                    cell=np.zeros((3, 3)) if box is None else box[f],
+                    cell=np.zeros((3, 3)) if box is None else box[f] * lf,
                     pbc=np.full(3, box is not None),
-                    energy=None if energy is None else energy[f],
-                    forces=None if force is None else force[f],
+                    energy=None if energy is None else energy[f] * ef,
+                    forces=None if force is None else force[f] * (ef / lf),
                     info={"source": str(system), "set": set_dir.name, "set_frame": f},
                 )
             )
     return samples
 
 
-def read_deepmd(path: PathLike, index: Index = None) -> List[Sample]:
+def read_deepmd(path: PathLike, index: Index = None, units: Optional[str] = None) -> List[Sample]:
     """Read a DeePMD raw/npy system (Å, eV, eV/Å), or a folder holding several (data_0, ...).
 
     Elements come from ``type_map.raw`` (required: we never guess), all ``set.*`` folders are
     concatenated in natural order, systems likewise. ``info["frame"]`` is the running index over
     everything read from ``path``. A ``nopbc`` marker file means open boundaries (no box.npy).
+    ``units`` (``"<length>,<energy>"``) overrides DeePMD's Å / eV.
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such DeePMD folder")
-    samples = [s for system in _deepmd_systems(path) for s in _read_deepmd_system(system)]
+    lf, ef = (1.0, 1.0) if units is None else parse_units(units, path, "units (argument)")
+    samples = [s for system in _deepmd_systems(path) for s in _read_deepmd_system(system, lf, ef)]
     for i, s in enumerate(samples):
         s.info["frame"] = i
     return [samples[i] for i in _select(len(samples), index, path).tolist()]
@@ -605,18 +638,20 @@ def read_deepmd(path: PathLike, index: Index = None) -> List[Sample]:
 # --------------------------------------------------------------------------------------------
 
 
-def read_runner(path: PathLike, index: Index = None) -> List[Sample]:
+def read_runner(path: PathLike, index: Index = None, units: Optional[str] = None) -> List[Sample]:
     """Read a RuNNer / n2p2 ``input.data`` file (Bohr, Hartree, Hartree/Bohr) into Å, eV, eV/Å.
 
     Frame grammar: ``begin``, optional ``comment ...``, zero or three ``lattice ax ay az`` lines,
     ``atom x y z element charge atomic_energy fx fy fz`` lines, ``energy E``, ``charge Q``,
     ``end``. Three lattice lines mean fully periodic. Atomic charges go to
-    ``info["atomic_charges"]`` (e), the total charge to ``info["charge"]``.
+    ``info["atomic_charges"]`` (e), the total charge to ``info["charge"]``. ``units``
+    (``"<length>,<energy>"``) overrides RuNNer's Bohr / Hartree.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    length, energy_unit = units.Bohr, units.Hartree
+    length, energy_unit = parse_units("bohr,hartree" if units is None else units, path,
+                                      "units" if units is None else "units (argument)")
     frames: List[Dict[str, Any]] = []
     cur: Optional[Dict[str, Any]] = None
     with open(path) as fh:
@@ -732,6 +767,10 @@ def read_dataset(
     require_forces: bool = False,
     allowed_species: Optional[Sequence[int]] = None,
     cutoff: Optional[float] = None,
+    min_distance: Optional[float] = MIN_DISTANCE,
+    plausibility: bool = True,
+    strict: bool = False,
+    units: Optional[str] = None,
     **kw: Any,
 ) -> List[Sample]:
     """Read any supported file/folder into a list of :class:`Sample` (Å, eV, eV/Å).
@@ -744,6 +783,14 @@ def read_dataset(
         require_forces: with ``validate``, every frame must have forces.
         allowed_species: with ``validate``, atomic numbers must be among these.
         cutoff: with ``validate``, check cutoff (Å) <= half the shortest cell width.
+        min_distance: with ``validate``, two atoms closer than this (Å) in any frame are an error
+            naming the file, frame and atoms (None/0: no check).
+        plausibility: with ``validate``, warn when labels look like wrong units
+            (:func:`~maskpot.data.validate.check_plausibility`: force RMS, energy magnitudes,
+            per-atom energy spread).
+        strict: make those plausibility problems errors instead of warnings.
+        units: explicit ``"<length>,<energy>"`` of the file, overriding what the format or the
+            file says (e.g. ``"angstrom,kcal/mol"`` for rMD17 arrays mislabelled as eV).
         **kw: passed to the format's reader (e.g. ``energy_key`` for extxyz).
     """
     fmt = format or detect_format(path)
@@ -757,9 +804,14 @@ def read_dataset(
     }
     if fmt not in readers:
         raise ValueError(f"{path}: unknown format {fmt!r}; expected one of {FORMATS}")
+    if units is not None:
+        kw["units"] = units
     samples = readers[fmt](path, index=index, **kw)
     if validate:
-        validate_samples(samples, path, require_forces=require_forces, allowed_species=allowed_species, cutoff=cutoff)
+        validate_samples(samples, path, require_forces=require_forces, allowed_species=allowed_species, cutoff=cutoff,
+                         min_distance=min_distance)
+        if plausibility:
+            check_plausibility(samples, path, strict=strict)
     return samples
 
 

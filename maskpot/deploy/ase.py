@@ -11,6 +11,13 @@ before the model call, and ``stress = (1/V) dE/dε`` in ASE's Voigt order
 (xx, yy, zz, yz, xz, xy) and sign convention (positive = the cell wants to shrink, i.e.
 tensile; ``stress = -virial / V``). Force-centric models have no energy to differentiate:
 asking for their stress raises ``PropertyNotImplementedError``.
+
+Refused with a ``ValueError`` instead of returning garbage: atoms closer than ``min_distance``
+(default 0.1 Å; the message names them), a non-finite model output (NaN/inf energy or forces,
+naming the atoms), and a model trained on periodic frames used without periodic boundaries
+(``allow_periodicity_mismatch=True`` turns that into a warning; a gas-phase model used in a
+periodic cell only warns). The training periodicity comes from the export metadata or the
+checkpoint (key ``periodicity``).
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from maskpot.data.validate import MIN_DISTANCE, check_periodicity, close_pairs, overlap_message
 from maskpot.deploy.export import (
     ExportedPotential,
     call_exported,
     load_exported,
+    read_metadata,
     resolve_dtype,
 )
 
@@ -71,6 +80,34 @@ def load_potential(model: ModelLike, device: Union[str, torch.device] = "cpu"):
     return module.to(device), str(module.kind), float(module.cutoff), [int(z) for z in module.species]
 
 
+def training_periodicity(model: ModelLike) -> Optional[str]:
+    """``"periodic"`` / ``"open"`` / ``"mixed"`` frames the model was trained on, None if unknown.
+
+    Read from an export file's metadata or a checkpoint's ``periodicity`` key (attribute
+    ``training_periodicity`` of a module).
+    """
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if _is_export_file(path):
+            return read_metadata(path).get("periodicity")
+        from maskpot.training.checkpoint import load_checkpoint
+
+        return load_checkpoint(path).get("periodicity")
+    return getattr(model, "training_periodicity", None)
+
+
+def check_output(energy: float, forces: np.ndarray, positions: np.ndarray, cell: Optional[np.ndarray],
+                 periodic: bool, where: str, numbers: Optional[np.ndarray] = None) -> None:
+    """ValueError when the model returned NaN/inf, naming the atoms (and overlapping pairs, if any)."""
+    bad = np.flatnonzero(~np.isfinite(forces).all(axis=1))
+    if np.isfinite(energy) and bad.size == 0:
+        return
+    what = f"energy {energy}" + (f", forces of {bad.size} atom(s) (first: {bad[:10].tolist()})" if bad.size else "")
+    i, j, d = close_pairs(positions, cell, periodic, 0.5)
+    cause = ("; closest atoms: " + overlap_message(i, j, d, 0.5, numbers)) if len(d) else ""
+    raise ValueError(f"{where}: the model returned non-finite values ({what}){cause}")
+
+
 def _module_dtype(module: torch.nn.Module) -> torch.dtype:
     ref = getattr(module, "dtype_ref", None)
     if isinstance(ref, torch.Tensor):
@@ -89,13 +126,21 @@ class MaskpotCalculator(Calculator):
             (a maskpot model or an :class:`~maskpot.deploy.export.ExportedPotential`).
         device: torch device for the computation.
         dtype: "float32"/"float64" to cast the model to; None keeps the model's dtype.
+        min_distance: atoms closer than this (Å) are an error (None/0: no check).
+        allow_periodicity_mismatch: evaluate a periodic-trained model on open systems with a
+            warning instead of an error.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model: ModelLike, device: Union[str, torch.device] = "cpu", dtype=None, **kwargs: Any) -> None:
+    def __init__(self, model: ModelLike, device: Union[str, torch.device] = "cpu", dtype=None,
+                 min_distance: Optional[float] = MIN_DISTANCE, allow_periodicity_mismatch: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.device = torch.device(device)
+        self.min_distance = min_distance
+        self.allow_periodicity_mismatch = bool(allow_periodicity_mismatch)
+        self.training_periodicity = training_periodicity(model)
         module, self.kind, self.cutoff, self.species = load_potential(model, self.device)
         if dtype is not None:
             module = module.to(resolve_dtype(dtype))
@@ -122,6 +167,15 @@ class MaskpotCalculator(Calculator):
                 raise ValueError(
                     f"MaskpotCalculator: model cutoff {self.cutoff:.4f} A is larger than half the shortest "
                     f"perpendicular cell width ({0.5 * widths.min():.4f} A); use a larger cell")
+        check_periodicity(self.training_periodicity, bool(pbc.all()), "MaskpotCalculator",
+                          self.allow_periodicity_mismatch)
+        if self.min_distance:
+            periodic = bool(pbc.all())
+            i, j, d = close_pairs(atoms.positions, np.asarray(atoms.cell) if periodic else None, periodic,
+                                  float(self.min_distance))
+            if len(d):
+                raise ValueError("MaskpotCalculator: " + overlap_message(i, j, d, float(self.min_distance),
+                                                                         atoms.numbers))
 
     def calculate(self, atoms=None, properties: Optional[List[str]] = None, system_changes=all_changes) -> None:
         if properties is None:
@@ -156,6 +210,9 @@ class MaskpotCalculator(Calculator):
         else:
             energy, forces = call_exported(self.module, pos, numbers, cell, pbc)
         e = float(energy.detach().cpu())
+        f = forces.detach().cpu().numpy().astype(np.float64)
+        check_output(e, f, atoms.positions, np.asarray(atoms.cell) if periodic else None, periodic,
+                     "MaskpotCalculator", atoms.numbers)
         self.results["energy"] = e
         self.results["free_energy"] = e
-        self.results["forces"] = forces.detach().cpu().numpy().astype(np.float64)
+        self.results["forces"] = f

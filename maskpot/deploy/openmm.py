@@ -21,6 +21,11 @@ the model and receive its forces; everything else in the System is left untouche
 classical TIP3P solvent of a mixed system; remove the classical intramolecular terms of the
 ML region yourself, or use openmm-ml's ``createMixedSystem`` with the ``"maskpot"``
 potential, which does this).
+
+Refused rather than computed wrong: NaN/inf model output (both backends; the PythonForce also
+names atoms closer than ``min_distance``, default 0.1 Å), atomic numbers without ``periodic=``
+(a list carries no box, so periodicity must be stated), and a model trained on periodic frames
+used without periodic boundaries (a gas-phase model in a periodic System only warns).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import torch
 from openmm import unit
 from torch import Tensor
 
+from maskpot.data.validate import MIN_DISTANCE, check_periodicity, close_pairs, overlap_message
 from maskpot.deploy.export import PathLike, call_exported, load_exported, quiet_jit, read_metadata
 
 #: Å per nm and kJ/mol per eV, from openmm.unit.
@@ -82,11 +88,12 @@ class PythonForceComputation:
     """
 
     def __init__(self, model_path: PathLike, atomic_numbers: Sequence[int], periodic: bool,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", min_distance: Optional[float] = MIN_DISTANCE) -> None:
         self.model_path = str(Path(model_path).resolve())
         self.atomic_numbers = np.asarray(atomic_numbers, dtype=np.int64)
         self.periodic = bool(periodic)
         self.device = str(device)
+        self.min_distance = min_distance
         self._module = None
         self._cutoff = float(read_metadata(self.model_path)["cutoff"])
         self._numbers_t: Optional[Tensor] = None
@@ -113,6 +120,13 @@ class PythonForceComputation:
             check_box(self._cutoff, box, "maskpot PythonForce")
         else:
             box = np.zeros((3, 3))
+        pos = np.asarray(pos)
+        min_distance = getattr(self, "min_distance", MIN_DISTANCE)
+        if min_distance:
+            i, j, d = close_pairs(pos, box, self.periodic, float(min_distance))
+            if len(d):
+                raise ValueError("maskpot PythonForce: " + overlap_message(
+                    i, j, d, float(min_distance), self.atomic_numbers) + " (indices within the ML region)")
         energy, forces = call_exported(
             self._module,
             torch.as_tensor(np.asarray(pos), dtype=self._dtype, device=self.device),
@@ -120,9 +134,12 @@ class PythonForceComputation:
             torch.as_tensor(box, dtype=self._dtype, device=self.device),
             self._pbc,
         )
-        e = float(energy.detach().cpu()) * KJ_PER_MOL_PER_EV
-        f = forces.detach().cpu().numpy().astype(np.float64) * (KJ_PER_MOL_PER_EV * ANGSTROM_PER_NM)
-        return e, f
+        from maskpot.deploy.ase import check_output
+
+        e_ev = float(energy.detach().cpu())
+        f_ev = forces.detach().cpu().numpy().astype(np.float64)
+        check_output(e_ev, f_ev, pos, box, self.periodic, "maskpot PythonForce", self.atomic_numbers)
+        return e_ev * KJ_PER_MOL_PER_EV, f_ev * (KJ_PER_MOL_PER_EV * ANGSTROM_PER_NM)
 
 
 class TorchForceModule(torch.nn.Module):
@@ -159,6 +176,9 @@ class TorchForceModule(torch.nn.Module):
         else:
             cell = torch.zeros((3, 3), dtype=dtype, device=positions.device)
         energy, forces = self.model(pos, self.numbers, cell, self.pbc)
+        if not bool(torch.isfinite(energy).all()) or not bool(torch.isfinite(forces).all()):
+            raise ValueError("maskpot TorchForce: the model returned non-finite energy or forces "
+                             "(overlapping atoms or an exploded simulation?)")
         forces = forces.detach() * (self.kj_per_mol_per_ev * self.angstrom_per_nm)
         if self.subset:
             full = torch.zeros((self.n_particles, 3), dtype=forces.dtype, device=forces.device)
@@ -185,6 +205,8 @@ def create_force(
     atoms: Optional[Sequence[int]] = None,
     periodic: Optional[bool] = None,
     device: str = "cpu",
+    min_distance: Optional[float] = MIN_DISTANCE,
+    allow_periodicity_mismatch: bool = False,
 ) -> openmm.Force:
     """An OpenMM Force computing a maskpot model (kJ/mol, kJ/mol/nm).
 
@@ -194,9 +216,14 @@ def create_force(
             particles of the System.
         backend: "python" (``openmm.PythonForce``, default) or "torch" (openmm-torch).
         atoms: indices of the ML region (default: every particle).
-        periodic: use periodic boundary conditions; default: the topology has a box
-            (False for a plain list of atomic numbers).
+        periodic: use periodic boundary conditions; default: the topology has a box. Required
+            with a plain list of atomic numbers (it carries no box; guessing "open" silently
+            computed a periodic System without periodic boundaries).
         device: torch device of the model.
+        min_distance: ``backend="python"``: atoms of the ML region closer than this (Å) are an
+            error naming them (None/0: no check).
+        allow_periodicity_mismatch: use a model trained on periodic frames without periodic
+            boundaries (a warning instead of an error).
 
     Raises:
         ValueError: unknown backend, elements the model does not know, bad ``atoms``, or a
@@ -227,8 +254,12 @@ def create_force(
         raise ValueError(f"create_force: unknown element(s) with atomic number {unknown}; "
                          f"model {model_path} knows {meta['species']}")
     if periodic is None:
-        periodic = is_topology and topology_or_atomic_numbers.getPeriodicBoxVectors() is not None
+        if not is_topology:
+            raise ValueError("create_force: pass periodic=True or periodic=False with a list of atomic numbers "
+                             "(it has no box to tell whether the System is periodic), or pass a Topology")
+        periodic = topology_or_atomic_numbers.getPeriodicBoxVectors() is not None
     periodic = bool(periodic)
+    check_periodicity(meta.get("periodicity"), periodic, f"create_force({model_path})", allow_periodicity_mismatch)
     if periodic and is_topology and topology_or_atomic_numbers.getPeriodicBoxVectors() is not None:
         box = np.asarray([v.value_in_unit(unit.angstrom) for v in topology_or_atomic_numbers.getPeriodicBoxVectors()])
         check_box(cutoff, box, "create_force")
@@ -236,7 +267,7 @@ def create_force(
     if backend == "python":
         if not hasattr(openmm, "PythonForce"):
             raise ImportError(f"backend='python' needs openmm.PythonForce (OpenMM >= 8.5), found {openmm.__version__}")
-        force = openmm.PythonForce(PythonForceComputation(model_path, numbers, periodic, device))
+        force = openmm.PythonForce(PythonForceComputation(model_path, numbers, periodic, device, min_distance))
         force.setUsesPeriodicBoundaryConditions(periodic)
         if atoms is not None:
             force.setParticles(atoms)

@@ -49,6 +49,8 @@ __all__ = [
     "read_log",
     "log_statistics",
     "is_water",
+    "dcd_header_frames",
+    "TruncatedTrajectoryError",
 ]
 
 
@@ -110,6 +112,59 @@ def make_mdtraj(positions: np.ndarray, numbers: Sequence[int], cell: Optional[np
         if np.abs(c).sum() > 0:
             traj.unitcell_vectors = c * nm
     return traj
+
+
+class TruncatedTrajectoryError(ValueError):
+    """A trajectory file holds fewer frames than its header says (a cut copy, a full disk)."""
+
+
+def dcd_header_frames(path: PathLike) -> Optional[int]:
+    """Frame count (NSET) written in a DCD header; None when the header is not a standard one.
+
+    The first Fortran record of a DCD is 84 bytes: ``"CORD"`` then NSET, ISTART, NSAVC, ...
+    (int32, either endianness). OpenMM updates NSET after every frame it writes.
+    """
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if len(head) < 12 or head[4:8] != b"CORD":
+        return None
+    for order in ("<", ">"):
+        if struct.unpack(order + "i", head[:4])[0] == 84:
+            return int(struct.unpack(order + "i", head[8:12])[0])
+    return None
+
+
+def check_complete(traj: PathLike, n_frames: int, stride: int = 1, allow_truncated: bool = False) -> Optional[Dict[str, int]]:
+    """Compare the frames read from a DCD with its header; raise :class:`TruncatedTrajectoryError`
+    (or, with ``allow_truncated``, warn and return ``{"header_frames", "read_frames"}``) when short."""
+    import warnings
+
+    if Path(traj).suffix.lower() != ".dcd":
+        return None
+    header = dcd_header_frames(traj)
+    if not header:
+        return None
+    expected = -(-header // max(int(stride), 1))
+    if n_frames >= expected:
+        return None
+    msg = f"{traj}: the DCD header says {header} frames but only {n_frames} could be read: the file is truncated"
+    if not allow_truncated:
+        raise TruncatedTrajectoryError(msg + " (pass allow_truncated=True / --allow-truncated to analyse the frames "
+                                             "present, with the log statistics cut to the same time span)")
+    warnings.warn(msg + "; analysing the frames present only", stacklevel=3)
+    return {"header_frames": int(header), "read_frames": int(n_frames)}
+
+
+def _clip_log(lg: Dict[str, np.ndarray], t_end: float, tol: float) -> Tuple[Dict[str, np.ndarray], bool]:
+    """Log rows up to the trajectory's last frame time (ps); True if rows were dropped."""
+    if not lg or "time_ps" not in lg:
+        return lg, False
+    keep = lg["time_ps"] <= t_end + tol
+    if keep.all():
+        return lg, False
+    return {k: v[keep] for k, v in lg.items()}, True
 
 
 def load_trajectory(traj: PathLike, top: Optional[PathLike] = None, stride: int = 1):
@@ -421,8 +476,14 @@ def analyze_run(
     skip_fraction: float = 0.0,
     bin_width: float = 0.05,
     r_max: Optional[float] = None,
+    allow_truncated: bool = False,
 ) -> Dict[str, Any]:
     """Analyse a trajectory (+ its CSV log), optionally against a reference; write plots + report.
+
+    A DCD holding fewer frames than its header says raises :class:`TruncatedTrajectoryError`;
+    with ``allow_truncated`` the frames present are analysed and ``result["truncated"]`` says so.
+    CSV-log statistics only cover the time span of the trajectory's frames (rows after its last
+    frame are dropped, noted in ``result["log_clipped_to_ps"]``).
 
     Returns a JSON-able dict of the numbers. With ``out``, writes ``analysis.json``, PNG plots and
     ``report.md`` there.
@@ -431,13 +492,26 @@ def analyze_run(
 
     traj = Path(traj)
     t = _with_time(load_trajectory(traj, top), traj)
+    truncated = check_complete(traj, t.n_frames, allow_truncated=allow_truncated)
+    t_end = float(t.time[-1]) if t.time is not None and t.n_frames and _has_run_json(traj) else None
+    tol = 0.5 * float(np.median(np.diff(t.time))) if t_end is not None and t.n_frames > 1 else 1e-9
     n_skip = int(skip_fraction * t.n_frames)
     t = t[n_skip:]
     result: Dict[str, Any] = {"trajectory": str(traj), "n_frames": int(t.n_frames), "n_atoms": int(t.n_atoms)}
+    if truncated:
+        result["truncated"] = truncated
     curves: Dict[str, Any] = {}
     log_path = Path(log) if log else _find_log(traj)
     if log_path is not None and log_path.exists():
         lg = read_log(log_path)
+        if t_end is not None:
+            lg, clipped = _clip_log(lg, t_end, tol)
+            if clipped:
+                import warnings
+
+                result["log_clipped_to_ps"] = t_end
+                warnings.warn(f"{log_path}: log rows after the last trajectory frame (t = {t_end:g} ps) are left out "
+                              "of the statistics", stacklevel=2)
         result["log"] = str(log_path)
         result["stats"] = log_statistics(lg, t.n_atoms, skip_fraction)
         curves["log"] = lg
@@ -447,6 +521,9 @@ def analyze_run(
     ref = None
     if reference is not None:
         ref = _with_time(load_trajectory(reference, reference_top or top), Path(reference))
+        ref_truncated = check_complete(reference, ref.n_frames, allow_truncated=allow_truncated)
+        if ref_truncated:
+            result["reference_truncated"] = ref_truncated
         ref = ref[int(skip_fraction * ref.n_frames):]
         result["reference"] = str(reference)
         rlog = Path(reference_log) if reference_log else _find_log(Path(reference))
@@ -486,6 +563,10 @@ def analyze_run(
     if out is not None:
         write_analysis_report(out, result, curves, label=label, reference_label=reference_label)
     return result
+
+
+def _has_run_json(path: PathLike) -> bool:
+    return (Path(path).parent / "run.json").exists()
 
 
 def _with_time(t, path: Path):

@@ -29,6 +29,16 @@ from maskpot.md.guard import GuardSettings, MDInstabilityError
 EXIT_UNSTABLE = 2
 
 
+def _limit(text: str) -> Optional[float]:
+    """A guard limit: a number, or 'off' / 'none' to switch the check off explicitly."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=1000, help="MD steps (default 1000)")
     p.add_argument("--timestep", type=float, default=0.5, help="timestep, fs (default 0.5)")
@@ -45,12 +55,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("stability guard")
     g.add_argument("--check-every", type=int, default=10, help="steps between guard checks (default 10)")
-    g.add_argument("--min-distance", type=float, default=0.5, help="closest allowed atom pair, Å (0: off; default 0.5)")
-    g.add_argument("--max-bond", type=float, default=1.5,
-                   help="longest allowed bond, Å (limit max(this, bond-stretch x start length); 0: off; default 1.5)")
+    g.add_argument("--min-distance", type=_limit, default=0.5, help="closest allowed atom pair, Å ('off': no check; default 0.5)")
+    g.add_argument("--max-bond", type=_limit, default=1.5,
+                   help="longest allowed bond, Å (limit max(this, bond-stretch x start length); 'off': no check; default 1.5)")
     g.add_argument("--bond-stretch", type=float, default=1.5, help="relative bond limit (default 1.5)")
-    g.add_argument("--max-temperature-factor", type=float, default=3.0,
-                   help="stop when T > factor x target (0: off; default 3)")
+    g.add_argument("--max-temperature-factor", type=_limit, default=3.0,
+                   help="stop when T > factor x target ('off': no check; default 3); 0 or other nonsense is refused")
 
 
 def _settings(args: argparse.Namespace):
@@ -62,8 +72,8 @@ def _settings(args: argparse.Namespace):
         minimize_iterations=args.minimize_iterations, seed=args.seed,
         platform=getattr(args, "platform", None), threads=getattr(args, "threads", None),
         equilibration_steps=getattr(args, "equilibrate", 0), progress=not args.no_progress,
-        guard=GuardSettings(min_distance=args.min_distance or None, max_bond=args.max_bond or None,
-                            bond_stretch=args.bond_stretch, temperature_factor=args.max_temperature_factor or None,
+        guard=GuardSettings(min_distance=args.min_distance, max_bond=args.max_bond,
+                            bond_stretch=args.bond_stretch, temperature_factor=args.max_temperature_factor,
                             check_every=args.check_every),
     )
 
@@ -149,6 +159,8 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--reference-label", default="reference")
     p.add_argument("--skip", type=float, default=0.0, help="fraction of frames discarded as equilibration")
     p.add_argument("--bin-width", type=float, default=0.05, help="RDF bin width, Å")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="analyse a DCD holding fewer frames than its header says (default: refuse it)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -170,6 +182,7 @@ def analyze_main(argv: Optional[Sequence[str]] = None) -> int:
             top_for(args.reference, args.reference_top or None) if args.reference else None,
             log=args.log, reference_log=args.reference_log, out=args.out, label=args.label,
             reference_label=args.reference_label, skip_fraction=args.skip, bin_width=args.bin_width,
+            allow_truncated=args.allow_truncated,
         )
     except (ValueError, OSError) as exc:
         print(f"maskpot-analyze: error: {exc}", file=sys.stderr)

@@ -41,13 +41,48 @@ class MDInstabilityError(RuntimeError):
 
 @dataclass
 class GuardSettings:
-    """Thresholds of the stability guard (Å, K factors). ``None`` / 0 disables a check."""
+    """Thresholds of the stability guard (Å, K factors). ``None`` disables a check explicitly.
+
+    Nonsense is refused with a ``ValueError`` when the settings are made: 0, negative or
+    non-finite limits (0 used to switch a check off without a word, and a run went on to
+    "finish" at 7e7 K), a temperature factor <= 1 (the thermostat's own fluctuations would stop
+    the run), a bond stretch < 1, ``min_distance >= max_bond`` and ``check_every < 1``.
+    """
 
     min_distance: Optional[float] = 0.5
     max_bond: Optional[float] = 1.5
     bond_stretch: float = 1.5
     temperature_factor: Optional[float] = 3.0
     check_every: int = 10
+
+    def __post_init__(self) -> None:
+        off = "to switch the check off, pass None explicitly ('off' on the command line)"
+        for name, unit in (("min_distance", " Å"), ("max_bond", " Å"), ("temperature_factor", "")):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise ValueError(f"stability guard: {name} must be a number or None, got {v!r}")
+            if not math.isfinite(float(v)) or float(v) <= 0:
+                raise ValueError(f"stability guard: {name} = {v}{unit} is not a usable limit (expected a finite "
+                                 f"number > 0); {off}")
+        if self.temperature_factor is not None and self.temperature_factor <= 1.0:
+            raise ValueError(f"stability guard: temperature_factor = {self.temperature_factor} would stop a run at or "
+                             "below its target temperature; expected a factor > 1 (default 3)")
+        b = self.bond_stretch
+        if isinstance(b, bool) or not isinstance(b, (int, float, np.integer, np.floating)) or not (
+                math.isfinite(float(b)) and float(b) >= 1.0):
+            raise ValueError(f"stability guard: bond_stretch = {b!r} must be a finite factor >= 1 (default 1.5)")
+        if self.min_distance is not None and self.max_bond is not None and self.min_distance >= self.max_bond:
+            raise ValueError(f"stability guard: min_distance = {self.min_distance} Å must be below max_bond = "
+                             f"{self.max_bond} Å (every bond would trip one of the two checks)")
+        c = self.check_every
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
+            raise ValueError(f"stability guard: check_every must be an integer >= 1, got {c!r}")
+
+    def disabled(self) -> list:
+        """Names of the checks switched off (None)."""
+        return [n for n in ("min_distance", "max_bond", "temperature_factor") if getattr(self, n) is None]
 
 
 def _cell_pbc(cell: Optional[np.ndarray], pbc) -> tuple:
@@ -118,6 +153,12 @@ class StabilityGuard:
         pbc=None,
     ):
         self.settings = settings or GuardSettings()
+        off = self.settings.disabled()
+        if off:
+            import warnings
+
+            warnings.warn(f"stability guard: check(s) {off} switched off; only non-finite values stop the run",
+                          stacklevel=2)
         self.bonds = None if bonds is None or len(bonds) == 0 else np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
         self.target_temperature = target_temperature
         self.symbols = list(symbols) if symbols is not None else None

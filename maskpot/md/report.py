@@ -152,6 +152,13 @@ def write_analysis_report(out: PathLike, result: Dict[str, Any], curves: Mapping
     lines = [f"# MD analysis: {result['trajectory']}", ""]
     lines.append(f"{result['n_frames']} frames, {result['n_atoms']} atoms" + (f"; reference: {result['reference']}" if "reference" in result else ""))
     lines.append("")
+    for key, what in (("truncated", "trajectory"), ("reference_truncated", "reference trajectory")):
+        if key in result:
+            tr = result[key]
+            lines += [f"**Warning: the {what} is truncated: {tr['read_frames']} of the {tr['header_frames']} frames "
+                      "in its header could be read; the numbers below cover the frames present only.**", ""]
+    if "log_clipped_to_ps" in result:
+        lines += [f"Log statistics cover t <= {result['log_clipped_to_ps']:g} ps (the trajectory's last frame).", ""]
     rows = []
     st, rst = result.get("stats", {}), result.get("reference_stats", {})
     for key, name in (("temperature_K_mean", "T mean (K)"), ("temperature_K_std", "T std (K)"),

@@ -15,6 +15,7 @@ task              "mask" | "denoise" | "energy_force"
 train_config      the resolved training config (dict)
 data_hash         fingerprint of the training data (str)
 periodicity       training frames "periodic" | "open" | "mixed" (engines check their use)
+periodicity       training frames "periodic" | "open" | "mixed" (engines check their use)
 versions          package versions (dict)
 metrics           last/best validation metrics (dict of floats)
 (resume only)     optimizer_state, scheduler_state, ema_extra, epoch, step, rng_state, ...

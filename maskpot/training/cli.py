@@ -128,6 +128,14 @@ def _check_resume_config(cfg: Dict[str, Any], stored: Dict[str, Any], path: Path
         )
 
 
+def _read_options(d: Dict[str, Any]) -> Dict[str, Any]:
+    """read_dataset options from the data section: explicit units, strict plausibility, min distance."""
+    from maskpot.data.validate import MIN_DISTANCE
+
+    return {"units": d.get("units"), "strict": bool(d.get("strict")),
+            "min_distance": MIN_DISTANCE if d.get("min_distance") is None else float(d["min_distance"])}
+
+
 def _load_data(cfg: Dict[str, Any], out_dir: Path, ctx: Any):
     """(all samples, splits dict, train, val, test, hashes)."""
     from maskpot.data.dataset import AtomicDataset, load_or_create_splits, load_splits
@@ -141,8 +149,10 @@ def _load_data(cfg: Dict[str, Any], out_dir: Path, ctx: Any):
     for key in ("path", "test_path"):
         if d[key] and not Path(d[key]).exists():
             raise ConfigError(f"key 'data.{key}': {d[key]} not found (expected a data file or folder)")
-    samples = read_dataset(d["path"], format=d["format"])
+    read_opts = _read_options(d)
+    samples = read_dataset(d["path"], format=d["format"], **read_opts)
     n = len(samples)
+    data_hash = AtomicDataset(samples).data_hash()  # stored in / checked against the splits file
     sizes = d["splits"] if d["splits"] is not None else dict(DEFAULT_SPLITS)
     if d["test_path"] and d["splits"] is None:
         sizes = {"train": 0.9, "val": 0.1}
@@ -157,19 +167,19 @@ def _load_data(cfg: Dict[str, Any], out_dir: Path, ctx: Any):
         ) from exc
     split_file = Path(d["split_file"]) if d["split_file"] else out_dir / "splits.npz"
     if ctx.is_main:
-        splits = load_or_create_splits(split_file, n, sizes, seed=int(d["seed"]))
+        splits = load_or_create_splits(split_file, n, sizes, seed=int(d["seed"]), data_hash=data_hash)
     ctx.barrier()
     if not ctx.is_main:
-        splits = load_splits(split_file, n)
+        splits = load_splits(split_file, n, data_hash)
     train = [samples[int(i)] for i in splits["train"]]
     val = [samples[int(i)] for i in splits["val"]]
     if d["test_path"]:
-        test = read_dataset(d["test_path"], format=d["test_format"])
+        test = read_dataset(d["test_path"], format=d["test_format"], **read_opts)
         test_hash = AtomicDataset(test).data_hash()
     else:
         test = [samples[int(i)] for i in splits["test"]]
         test_hash = None
-    hashes = {"data": AtomicDataset(samples).data_hash(), "test_file": test_hash, "split_file": str(split_file)}
+    hashes = {"data": data_hash, "test_file": test_hash, "split_file": str(split_file)}
     return samples, splits, train, val, test, hashes
 
 
@@ -348,7 +358,9 @@ def run_training(
         if ctx.is_main:
             save_config(cfg, out_dir / "config.yaml")
         data_hash = hashes["data"] if not hashes["test_file"] else f"{hashes['data']}+{hashes['test_file']}"
-        meta = {"task": cfg["task"], "data_hash": data_hash}
+        from maskpot.data.validate import periodicity_of
+
+        meta = {"task": cfg["task"], "data_hash": data_hash, "periodicity": periodicity_of(train)}
         trainer = Trainer(model, objective, cfg, train, val, out_dir, ctx=ctx, meta=meta, callbacks=callbacks)
         if resume_ckpt is not None:
             trainer.load_resume(last)
@@ -509,20 +521,48 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights exist")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--units", default=None, help="units of the data file, '<length>,<energy>' (default: the format's)")
+    p.add_argument("--allow-periodicity-mismatch", action="store_true",
+                   help="evaluate even when the data's periodicity differs from the training data's (warning)")
     return p
 
 
+#: Energy MAE above which maskpot-eval warns that model and data do not belong together, meV/atom.
+IMPLAUSIBLE_MEV_PER_ATOM = 1000.0
+
+
+def _eval_mismatch(ckpt: Dict[str, Any], model: Any, samples: Sequence[Any], args: argparse.Namespace) -> Optional[str]:
+    """Why the checkpoint cannot be evaluated on these frames (species, periodicity), or None."""
+    from maskpot.data.validate import periodicity_of
+
+    known = set(int(z) for z in getattr(model, "species", []))
+    present = sorted({int(z) for s in samples for z in np.unique(s.numbers)})
+    unknown = [z for z in present if known and z not in known]
+    if unknown:
+        return (f"data {args.data}: key 'numbers': expected species the model {args.checkpoint} was trained on "
+                f"{sorted(known)}, found Z={unknown}")
+    trained, used = ckpt.get("periodicity"), periodicity_of(samples)
+    if trained in ("periodic", "open") and used != trained:
+        msg = (f"data {args.data}: key 'pbc': expected {trained} frames like the training data of "
+               f"{args.checkpoint}, found {used} frames (errors there are not meaningful)")
+        if not args.allow_periodicity_mismatch:
+            return msg + "; pass --allow-periodicity-mismatch to evaluate anyway"
+        print(f"maskpot-eval: warning: {msg}", file=sys.stderr)
+    return None
+
+
 def format_table(metrics: Dict[str, Any], title: str) -> str:
+    """Fixed-width table; columns are separated by at least two spaces whatever the magnitudes."""
     rows = [
         ("energy (meV)", "energy_mae_meV", "energy_rmse_meV"),
         ("energy (meV/atom)", "energy_mae_meV_per_atom", "energy_rmse_meV_per_atom"),
         ("forces (meV/Å)", "force_mae_meV_per_A", "force_rmse_meV_per_A"),
     ]
-    lines = [title, f"{'quantity':<20}{'MAE':>12}{'RMSE':>12}"]
-    for name, mae, rmse in rows:
-        if mae in metrics:
-            lines.append(f"{name:<20}{metrics[mae]:>12.3f}{metrics[rmse]:>12.3f}")
-    lines.append(f"{'frames':<20}{metrics.get('n_frames', 0):>12d}")
+    cells = [(name, f"{metrics[mae]:.3f}", f"{metrics[rmse]:.3f}") for name, mae, rmse in rows if mae in metrics]
+    cells.append(("frames", str(int(metrics.get("n_frames", 0))), ""))
+    w = max([12] + [len(c) for row in cells for c in row[1:]])
+    lines = [title, f"{'quantity':<18}  {'MAE':>{w}}  {'RMSE':>{w}}"]
+    lines += [f"{name:<18}  {mae:>{w}}  {rmse:>{w}}".rstrip() for name, mae, rmse in cells]
     return "\n".join(lines)
 
 
@@ -535,15 +575,21 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = eval_parser().parse_args(argv)
     try:
-        samples = read_dataset(args.data, format=args.format)
+        samples = read_dataset(args.data, format=args.format, units=args.units)
         if args.split_file:
-            idx = load_splits(args.split_file, len(samples))[args.subset]
+            from maskpot.data.dataset import AtomicDataset
+
+            idx = load_splits(args.split_file, len(samples), AtomicDataset(samples).data_hash())[args.subset]
             samples = [samples[int(i)] for i in idx]
         ckpt = load_checkpoint(args.checkpoint)
         use_ema = not args.no_ema and ckpt.get("ema_state") is not None
         model = model_from_checkpoint(args.checkpoint, use_ema=use_ema).to(args.device)
     except (ValueError, FileNotFoundError) as exc:  # DataValidationError, CheckpointError: they name the file
         print(f"maskpot-eval: error: {exc}", file=sys.stderr)
+        return 2
+    problem = _eval_mismatch(ckpt, model, samples, args)
+    if problem:
+        print(f"maskpot-eval: error: {problem}", file=sys.stderr)
         return 2
     dtype = {"float32": torch.float32, "float64": torch.float64}[model.config.get("dtype", "float32")]
     t0 = time.perf_counter()
@@ -553,6 +599,10 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     subset = f"{args.subset} of {args.split_file}" if args.split_file else "all frames"
     title = f"{args.checkpoint} ({'EMA' if use_ema else 'raw'} weights) on {args.data} [{subset}]"
     print(format_table(metrics, title))
+    if metrics.get("energy_mae_meV_per_atom", 0.0) > IMPLAUSIBLE_MEV_PER_ATOM:
+        print(f"maskpot-eval: warning: energy error {metrics['energy_mae_meV_per_atom']:.0f} meV/atom is implausibly "
+              f"large for a trained model (> {IMPLAUSIBLE_MEV_PER_ATOM:g}): wrong model for this data, or wrong units?",
+              file=sys.stderr)
     if args.json_out:
         atomic_write_json(args.json_out, {
             **metrics, "checkpoint": str(args.checkpoint), "data": str(args.data), "subset": subset,

@@ -3,7 +3,8 @@
 One nested dict drives a run (pretraining, fine-tuning, training from scratch)::
 
     task: mask | denoise | energy_force
-    data:      {path, format, test_path, test_format, splits: {train, val, test}, split_file, seed}
+    data:      {path, format, test_path, test_format, splits: {train, val, test}, split_file, seed,
+                units, strict, min_distance}
     model:     {...}                 # passed to maskpot.models.build_model (species inferred)
     objective: {...}                 # passed to maskpot.training.objectives.build_objective
     train:     {epochs, batch_size, lr, ...}     (see DEFAULTS)
@@ -52,6 +53,9 @@ DEFAULTS: Dict[str, Any] = {
         "splits": None,
         "split_file": None,  # default: <output.dir>/splits.npz (reused when it exists)
         "seed": 0,
+        "units": None,  # "<length>,<energy>" overriding the file's units (e.g. "angstrom,kcal/mol")
+        "strict": None,  # true: implausible labels (wrong units?) are an error, not a warning
+        "min_distance": None,  # closest allowed atom pair, Å (null: 0.1; 0: no check)
     },
     "model": {},
     "objective": {},
@@ -101,6 +105,9 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
     "data.splits": (dict,),
     "data.split_file": (str,),
     "data.seed": (int,),
+    "data.units": (str,),
+    "data.strict": (bool,),
+    "data.min_distance": _FLOAT,
     "model": (dict,),
     "objective": (dict,),
     "train.epochs": (int,),
@@ -138,6 +145,9 @@ _NULLABLE = {
     "data.test_format",
     "data.split_file",
     "data.splits",
+    "data.units",
+    "data.strict",
+    "data.min_distance",
     "train.eval_batch_size",
     "train.grad_clip",
     "train.max_steps",

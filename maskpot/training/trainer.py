@@ -186,6 +186,7 @@ class Trainer:
             "task": self.meta.get("task", self.cfg.get("task")),
             "train_config": self.cfg,
             "data_hash": self.meta.get("data_hash", ""),
+            "periodicity": self.meta.get("periodicity"),  # of the training frames: periodic | open | mixed
             "versions": versions(),
             "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
             "normalization": norm,

@@ -141,7 +141,7 @@ def test_perpendicular_widths_triclinic():
 
 
 def test_validate_sample_direct():
-    s = Sample(positions=np.zeros((2, 3)), numbers=[1, 1], energy=1.0)
+    s = Sample(positions=[[0.0, 0.0, 0.0], [0.74, 0.0, 0.0]], numbers=[1, 1], energy=1.0)
     validate_sample(s)
     with pytest.raises(DataValidationError, match="mysrc: key 'forces'"):
         validate_sample(s, "mysrc", require_forces=True)

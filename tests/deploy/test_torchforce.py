@@ -84,7 +84,7 @@ def test_torchforce_refuses_small_box(exported):
 def test_torchforce_nve_runs(exported):
     path, _ = exported("toy-energy", "float64")
     atoms = molecule()
-    system = ml_system(atoms, create_force(path, atoms.numbers, backend="torch"))
+    system = ml_system(atoms, create_force(path, atoms.numbers, backend="torch", periodic=False))
     integrator = openmm.VerletIntegrator(0.5 * unit.femtosecond)
     context = openmm.Context(system, integrator, *platform("CPU"))
     context.setPositions(atoms.positions * unit.angstrom)
