@@ -140,8 +140,8 @@ class MaskpotCalculator(Calculator):
         self.device = torch.device(device)
         self.min_distance = min_distance
         self.allow_periodicity_mismatch = bool(allow_periodicity_mismatch)
-        self.training_periodicity = training_periodicity(model)
         module, self.kind, self.cutoff, self.species = load_potential(model, self.device)
+        self.training_periodicity = training_periodicity(model)
         if dtype is not None:
             module = module.to(resolve_dtype(dtype))
         self.module = module.eval()
