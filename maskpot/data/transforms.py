@@ -34,6 +34,12 @@ StevenZhang904/Masked_Pretrain, ``dataset/dataset_water.py``): in each frame a f
 ``ratio`` of the water molecules is chosen; in each chosen molecule one of the two H atoms is
 removed at random; the remaining O and H of that molecule are flagged and must predict the
 direction (unit vector, minimum image) from themselves to the removed H.
+
+rMD17-style molecules (``mask_elements``) have two variants (``mask_variant``):
+:class:`MaskElements` (``"local"``, maskpot's default: only atoms near a removed atom are
+targets, flagged, pointing to the nearest hole) and :class:`MaskElementsReference`
+(``"reference"``, the reference code's ``dataset/dataset_md17.py``: every kept atom is a target,
+pointing away from the farthest removed atom, no flag).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ __all__ = [
     "Identity",
     "MaskWater",
     "MaskElements",
+    "MaskElementsReference",
+    "MASK_VARIANTS",
     "Denoise",
     "build_transform",
     "parse_elements",
@@ -67,7 +75,12 @@ TARGET_WEIGHT_KEY = "target_weight"
 EXTRA_KEYS: Tuple[str, ...] = (MASK_KEY, TARGET_VECTORS_KEY, TARGET_WEIGHT_KEY)
 
 #: Config keys read by :func:`build_transform`.
-TRANSFORM_CONFIG_KEYS: Tuple[str, ...] = ("mask_ratio", "mask_elements", "mask_radius", "noise_sigma", "denoise_target")
+TRANSFORM_CONFIG_KEYS: Tuple[str, ...] = (
+    "mask_ratio", "mask_elements", "mask_radius", "mask_variant", "noise_sigma", "denoise_target",
+)
+#: Values of ``mask_variant``: element masking with local flagged targets (:class:`MaskElements`)
+#: or the reference code's every-atom, farthest-hole targets (:class:`MaskElementsReference`).
+MASK_VARIANTS: Tuple[str, ...] = ("local", "reference")
 
 _Z_O, _Z_H = 8, 1
 # Below this length (Å) a displacement has no direction.
@@ -308,9 +321,15 @@ class MaskElements(Transform):
        (same direction convention as :class:`MaskWater`);
     3. ``mask = target_weight = 1`` for remaining atoms whose nearest removed atom lies within
        ``radius`` Å; others get 0 and a zero target (their direction to a far-away hole is not
-       a local property the model can infer). ``radius=None`` flags every remaining atom, which
-       is the reference code's rMD17 setting (there the minimum image is exact only for
-       separations below half the shortest cell width, see ``maskpot.data.molecules``).
+       a local property the model can infer). ``radius=None`` flags every remaining atom (the
+       minimum image is then exact only for separations below half the shortest cell width,
+       see ``maskpot.data.molecules``).
+
+    This is maskpot's ``mask_variant: local``, not the reference code's rMD17 masking: that one
+    (:class:`MaskElementsReference`) makes every kept atom a target, points from the *farthest*
+    removed atom, has no flag and no at-least-one rule. The local task is close to trivial for
+    a model that sees the flag: a geometry-only rule (the open valence of the flagged atom, see
+    :mod:`maskpot.training.pretext_baseline`) already scores a high mean cosine.
 
     Why ``radius = 1.6`` Å by default: it covers every covalent bond to H (C-H 1.09, N-H 1.01,
     O-H 0.96 Å) and the heavy-atom bonds to O/N (C-O 1.43, C=O 1.23, C-N 1.47 Å), and on a water
@@ -357,18 +376,75 @@ class MaskElements(Transform):
     @staticmethod
     def _nearest(sample: Sample, kept: np.ndarray, removed: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Displacement to, and distance of, the nearest removed atom for each kept atom."""
-        pos = sample.positions
-        vec = np.zeros((kept.size, 3))
-        dist = np.zeros(kept.size)
-        chunk = max(1, _CHUNK_ELEMENTS // max(1, removed.size))
-        for start in range(0, kept.size, chunk):
-            rows = kept[start : start + chunk]
-            d = _minimum_image(pos[removed][None, :, :] - pos[rows][:, None, :], sample.cell, sample.pbc)
-            r2 = np.einsum("kri,kri->kr", d, d)
-            j = np.argmin(r2, axis=1)
-            vec[start : start + chunk] = d[np.arange(rows.size), j]
-            dist[start : start + chunk] = np.sqrt(r2[np.arange(rows.size), j])
-        return vec, dist
+        return _to_removed(sample, kept, removed, farthest=False)
+
+
+class MaskElementsReference(Transform):
+    """The reference code's rMD17 masking (``mask_variant: reference``).
+
+    StevenZhang904/Masked_Pretrain, ``dataset/dataset_md17.py`` (``MD17_masked.__getitem__`` and
+    ``get_rel_disp``), with the loss of ``masked_pretrain_forcefield_noised.py``
+    (``_masking_loss`` without ``cell_size``). Per call:
+
+    1. every atom whose atomic number is in ``elements`` (the reference: H) is removed
+       independently with probability ``ratio``. There is no at-least-one rule: a frame where
+       none is drawn keeps all its atoms and has no target (``target_weight`` 0; the reference
+       gives those atoms zero targets, i.e. cosine 0 and no gradient). If every atom of the frame
+       would go, one of them is kept (a frame needs atoms; never the case for rMD17);
+    2. *every* kept atom is a target (``target_weight = 1``): the unit vector FROM the
+       *farthest* removed atom TO the kept atom, ``normalize(x_kept - x_farthest_removed)``
+       (the reference stores the raw displacement and normalises it in the loss; note the sign:
+       it points away from the hole, the opposite of :class:`MaskWater`'s convention). Minimum
+       image when periodic (the reference has no cell for rMD17);
+    3. no mask flag: the extras have no ``mask`` key, so the model input carries no hint of
+       where atoms were removed (the reference's ``mask`` field for rMD17 holds the atomic
+       numbers and its EGNN ignores it).
+
+    The reference averages per-atom cosines (``cosine_form: mean``). The returned sample has
+    ``energy = forces = None``.
+    """
+
+    extra_keys: Tuple[str, ...] = (TARGET_VECTORS_KEY, TARGET_WEIGHT_KEY)
+
+    def __init__(self, elements: Union[int, str, Sequence[Union[int, str]]] = (1,), ratio: float = 0.15) -> None:
+        self.elements = parse_elements(elements, "MaskElementsReference elements")
+        self.ratio = _check_ratio(ratio, "MaskElementsReference ratio")
+
+    def __call__(self, sample: Sample, rng: Optional[np.random.Generator] = None) -> Tuple[Sample, Extras]:
+        rng = _rng(rng)
+        n = sample.n_atoms
+        cand = np.flatnonzero(np.isin(sample.numbers, self.elements))
+        removed = cand[rng.random(cand.size) < self.ratio]
+        if removed.size and removed.size == n:
+            removed = np.delete(removed, rng.integers(removed.size))
+        keep = np.ones(n, dtype=bool)
+        keep[removed] = False
+        kept = np.flatnonzero(keep)
+        target = np.zeros((kept.size, 3), dtype=np.float64)
+        weight = np.zeros(kept.size, dtype=np.float32)
+        if removed.size:
+            vec, _ = _to_removed(sample, kept, removed, farthest=True)
+            target = _unit(-vec, "farthest removed atom -> atom", sample)
+            weight[:] = 1.0
+        new = _subset(sample, keep, sample.molecule)
+        return new, {TARGET_VECTORS_KEY: target, TARGET_WEIGHT_KEY: weight}
+
+
+def _to_removed(sample: Sample, kept: np.ndarray, removed: np.ndarray, farthest: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Displacement (minimum image) from each kept atom to its nearest (``farthest=False``) or
+    farthest removed atom, and its length; first index on ties."""
+    pos = sample.positions
+    vec = np.zeros((kept.size, 3))
+    dist = np.zeros(kept.size)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, removed.size))
+    for start in range(0, kept.size, chunk):
+        rows = kept[start : start + chunk]
+        d = _minimum_image(pos[removed][None, :, :] - pos[rows][:, None, :], sample.cell, sample.pbc)
+        r2 = np.einsum("kri,kri->kr", d, d)
+        j = np.argmax(r2, axis=1) if farthest else np.argmin(r2, axis=1)
+        vec[start : start + chunk] = d[np.arange(rows.size), j]
+        dist[start : start + chunk] = np.sqrt(r2[np.arange(rows.size), j])
+    return vec, dist
 
 
 class Denoise(Transform):
@@ -437,7 +513,10 @@ def build_transform(task: str, config: Optional[Mapping[str, Any]] = None) -> Tr
             * ``mask_elements``: ``"water"`` / ``None`` (default) -> :class:`MaskWater`; a list of
               atomic numbers or symbols (e.g. ``[1]``, ``["H"]``, ``[8]``) -> :class:`MaskElements`;
             * ``mask_radius``: flag radius in Å for MaskElements (default 1.6), ``None`` or
-              ``"all"`` flags every remaining atom;
+              ``"all"`` flags every remaining atom; not used by the reference variant;
+            * ``mask_variant``: ``"local"`` (default) -> :class:`MaskElements`, ``"reference"``
+              -> :class:`MaskElementsReference` (the reference code's rMD17 masking); water
+              frames always use :class:`MaskWater`, which is the reference's water protocol;
             * ``noise_sigma``: Denoise sigma, Å (default 0.2);
             * ``denoise_target``: ``"noise"`` (default) or ``"scaled_noise"``.
 
@@ -449,6 +528,10 @@ def build_transform(task: str, config: Optional[Mapping[str, Any]] = None) -> Tr
     if task == "mask":
         elements = get("mask_elements", "water")
         ratio = get("mask_ratio", None)
+        variant = get("mask_variant", "local")
+        variant = "local" if variant is None else variant
+        if not isinstance(variant, str) or variant.lower() not in MASK_VARIANTS:
+            raise ValueError(f"config key 'mask_variant': expected one of {MASK_VARIANTS}, got {variant!r}")
         if elements is None or (isinstance(elements, str) and elements.lower() == "water"):
             return MaskWater(ratio=_key_float(cfg, "mask_ratio", 0.5 if ratio is None else ratio, ratio=True))
         try:
@@ -460,6 +543,10 @@ def build_transform(task: str, config: Optional[Mapping[str, Any]] = None) -> Tr
             radius = None
         else:
             radius = _key_float(cfg, "mask_radius", radius, positive=True)
+        if variant.lower() == "reference":
+            return MaskElementsReference(
+                elements=parsed, ratio=_key_float(cfg, "mask_ratio", 0.15 if ratio is None else ratio, ratio=True)
+            )
         return MaskElements(
             elements=parsed, ratio=_key_float(cfg, "mask_ratio", 0.15 if ratio is None else ratio, ratio=True),
             radius=radius,

@@ -433,6 +433,7 @@ def build_objective(task: str, config: Optional[Mapping[str, Any]] = None) -> Ob
     ``mask_ratio``       float in (0, 1]                             0.5 (water), 0.15 (elements)
     ``mask_elements``    ``"water"`` / None, or list of Z / symbols  ``"water"`` (MaskWater)
     ``mask_radius``      float Å, or None / ``"all"``                1.6 (MaskElements flags)
+    ``mask_variant``     ``"local"`` / ``"reference"`` (elements)    ``"local"``
     ``cosine_form``      ``"global"`` (paper) / ``"mean"``           ``"global"``
     ``noise_sigma``      float Å > 0                                 0.2
     ``denoise_target``   ``"noise"`` / ``"scaled_noise"``            ``"noise"``

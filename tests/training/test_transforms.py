@@ -11,6 +11,7 @@ from maskpot.data.transforms import (
     Denoise,
     Identity,
     MaskElements,
+    MaskElementsReference,
     MaskWater,
     build_transform,
 )
@@ -312,6 +313,74 @@ def test_mask_elements_on_water_matches_mask_water_flags():
     expected = np.isin(mol[kept], mol[removed])
     # molecules with both H removed have only the O left
     np.testing.assert_array_equal(ex["mask"] == 1, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# MaskElementsReference (mask_variant: reference)
+# --------------------------------------------------------------------------------------------
+def test_mask_elements_reference_targets_every_atom_from_farthest_hole():
+    sample = _ethanol()
+    snap = _snapshot(sample)
+    t = MaskElementsReference(elements=(1,), ratio=0.5)
+    n_masked = []
+    for seed in range(10):
+        new, ex = t(sample, np.random.default_rng(seed))
+        _assert_unchanged(sample, snap)
+        assert set(ex) == {"target_vectors", "target_weight"}  # no mask flag: nothing tells the model where
+        assert ex["target_vectors"].shape == (new.n_atoms, 3) and ex["target_vectors"].dtype == np.float64
+        assert ex["target_weight"].shape == (new.n_atoms,) and ex["target_weight"].dtype == np.float32
+        assert new.energy is None and new.forces is None
+        kept = _kept_indices(sample, new)
+        removed = np.setdiff1d(np.arange(sample.n_atoms), kept)
+        assert (sample.numbers[removed] == 1).all()
+        n_masked.append(removed.size)
+        if removed.size == 0:
+            assert ex["target_weight"].sum() == 0
+            continue
+        np.testing.assert_array_equal(ex["target_weight"], 1.0)  # every kept atom is a target
+        for j, i in enumerate(kept):
+            d = sample.positions[i] - sample.positions[removed]  # from each removed H to the atom
+            far = d[np.argmax(np.linalg.norm(d, axis=1))]
+            np.testing.assert_allclose(ex["target_vectors"][j], far / np.linalg.norm(far), atol=1e-12)
+    assert len(set(n_masked)) > 1  # independent draws, not a fixed count
+
+
+def test_mask_elements_reference_deterministic_and_no_minimum():
+    sample = _ethanol()
+    t = MaskElementsReference(elements=["H"], ratio=0.3)
+    a = t(sample, np.random.default_rng(7))
+    b = t(sample, np.random.default_rng(7))
+    np.testing.assert_array_equal(a[0].positions, b[0].positions)
+    for key in a[1]:
+        np.testing.assert_array_equal(a[1][key], b[1][key])
+    # a tiny ratio: most frames lose nothing and have no target (no at-least-one rule)
+    rng = np.random.default_rng(0)
+    outs = [MaskElementsReference(ratio=1e-6)(sample, rng) for _ in range(5)]
+    for new, ex in outs:
+        assert new.n_atoms == sample.n_atoms and ex["target_weight"].sum() == 0
+        np.testing.assert_array_equal(ex["target_vectors"], 0.0)
+    # ratio 1: every H removed, the heavy atoms remain
+    new, ex = MaskElementsReference(ratio=1.0)(sample, np.random.default_rng(0))
+    assert (new.numbers != 1).all() and ex["target_weight"].sum() == new.n_atoms
+
+
+def test_mask_elements_reference_periodic_and_collate():
+    # O at x=0.2, its H across the boundary at 9.5 (minimum image 0.7 Å away, -x side)
+    s = Sample(positions=[[0.2, 5.0, 5.0], [9.5, 5.0, 5.0]], numbers=[8, 1], cell=np.diag([10.0] * 3), pbc=True)
+    new, ex = MaskElementsReference(ratio=1.0)(s, np.random.default_rng(0))
+    assert new.n_atoms == 1
+    np.testing.assert_allclose(ex["target_vectors"][0], [1.0, 0.0, 0.0], atol=1e-12)  # away from the hole
+    batch = collate([new, new], extra={k: [v, v] for k, v in ex.items()})
+    assert "mask" not in batch and batch["target_weight"].shape == (2,)
+
+
+def test_build_transform_mask_variant():
+    assert isinstance(build_transform("mask", {"mask_elements": [1]}), MaskElements)
+    t = build_transform("mask", {"mask_elements": ["H"], "mask_variant": "reference", "mask_ratio": 0.5})
+    assert isinstance(t, MaskElementsReference) and t.elements == (1,) and t.ratio == 0.5
+    assert isinstance(build_transform("mask", {"mask_elements": "water", "mask_variant": "reference"}), MaskWater)
+    with pytest.raises(ValueError, match="mask_variant"):
+        build_transform("mask", {"mask_elements": [1], "mask_variant": "farthest"})
 
 
 # --------------------------------------------------------------------------------------------
