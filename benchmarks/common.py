@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -58,3 +60,96 @@ def append_results(title: str, table: str, notes: str = "") -> None:
         text += f"\n{notes}\n"
     with open(RESULTS, "a") as fh:
         fh.write(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interleaved timing: on a shared 2-core machine absolute times drift with the load of other
+# jobs, so every comparison is made inside one process with the candidates called in turn
+# (A, B, C, A, B, C, ...) and reported as ratios of per-round medians.
+
+
+@dataclass
+class Case:
+    """One thing to time. ``fn()`` does ``per`` units of work (e.g. 10 MD steps -> per=10);
+    ``inner`` calls are made per round (the round's value is their median)."""
+
+    name: str
+    fn: Callable[[], object]
+    inner: int = 1
+    per: int = 1
+    warm_min: int = 5  # warm-up calls at least / at most (see settle)
+    warm_max: int = 12
+    cooldown: float = 0.0  # seconds of idle time after each call, not timed (let spinning threads sleep)
+    wall: List[float] = field(default_factory=list)  # ms per unit, one value per round
+    cpu: List[float] = field(default_factory=list)  # process CPU ms per unit (all threads)
+    warmup_ms: List[float] = field(default_factory=list)
+
+    def median(self, what: str = "wall") -> float:
+        values = self.wall if what == "wall" else self.cpu
+        return float(np.median(values)) if values else float("nan")
+
+
+def _one_call(case: Case) -> tuple:
+    c0, t0 = time.process_time(), time.perf_counter()
+    case.fn()
+    t1, c1 = time.perf_counter(), time.process_time()
+    if case.cooldown > 0:
+        time.sleep(case.cooldown)
+    return 1e3 * (t1 - t0) / case.per, 1e3 * (c1 - c0) / case.per
+
+
+def settle(case: Case, tol: float = 0.15) -> None:
+    """Warm up: at least ``case.warm_min`` calls, then until the last three agree within ``tol``
+    (at most ``case.warm_max`` calls).
+
+    TorchScript's profiling executor records shapes on the first calls and swaps in an
+    optimised graph later (measured: the 4th call of an exported model on a 648-atom box, with
+    the configuration changing every call), so timing starts only after that.
+    """
+    for k in range(max(case.warm_min, 1), max(case.warm_max, case.warm_min) + 1):
+        while len(case.warmup_ms) < k:
+            case.warmup_ms.append(_one_call(case)[0])
+        last = case.warmup_ms[-3:]
+        if len(last) == 3 and max(last) <= (1.0 + tol) * min(last):
+            return
+
+
+def interleave(cases: Sequence[Case], rounds: int, warm: bool = True,
+               log: Optional[Callable[[str], None]] = None) -> Sequence[Case]:
+    """Time ``cases`` round-robin: ``rounds`` times, each case ``inner`` calls per round."""
+    if warm:
+        for case in cases:
+            settle(case)
+            if log:
+                log(f"  warm {case.name}: " + ", ".join(f"{x:.1f}" for x in case.warmup_ms) + " ms")
+    for r in range(rounds):
+        for case in cases:
+            walls, cpus = zip(*[_one_call(case) for _ in range(case.inner)])
+            case.wall.append(float(np.median(walls)))
+            case.cpu.append(float(np.median(cpus)))
+        if log:
+            log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{c.name} {c.wall[-1]:.1f}" for c in cases))
+    return cases
+
+
+def ratio(reference: Case, case: Case, what: str = "wall") -> tuple:
+    """(median, min, max) over rounds of reference_time / case_time (>1: case is faster)."""
+    ref = reference.wall if what == "wall" else reference.cpu
+    val = case.wall if what == "wall" else case.cpu
+    r = np.asarray(ref[: len(val)]) / np.asarray(val[: len(ref)])
+    return float(np.median(r)), float(r.min()), float(r.max())
+
+
+def machine_line() -> str:
+    """CPU model, visible cores, torch version and threads, load average now."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch thread(s), load average {load:.1f}")

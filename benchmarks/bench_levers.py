@@ -1,0 +1,192 @@
+"""Speed levers for the fast models, A/B in one process (interleaved), on the ASE route.
+
+Each variant is timed against the baseline — exported TorchScript float32 file, vesin
+neighbour list, 1 torch thread, ``tune_cpu_allocator()`` on, through ``MaskpotCalculator`` —
+and its forces are compared with the baseline's on the same configuration:
+
+* ``2 threads``: ``torch.set_num_threads(2)`` around the call (the machine has 2 cores);
+* ``float64``: the same weights exported with ``--dtype float64``;
+* ``eager``: ``MaskpotCalculator(model)`` on the in-memory module (no TorchScript);
+* ``glibc allocator defaults``: ``mallopt`` thresholds back to glibc's defaults around the
+  call (``tune_cpu_allocator`` is what ``maskpot-md``/``maskpot-train`` switch on);
+* ``torch.compile`` (``--compile``): forward + backward of the model (neighbour list
+  excluded) compiled by inductor with dynamic shapes; minutes of compile time on 2 cores.
+
+    python -m benchmarks.bench_levers [--rounds 5] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from benchmarks import peers
+from benchmarks.common import Case, interleave, machine_line, ratio
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_GLIBC_DEFAULT = 128 * 1024
+
+
+def _mallopt() -> Optional[Callable[[int, int], int]]:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return None
+
+
+class CompiledEnergyModel(torch.nn.Module):
+    """A maskpot energy model whose layers (edge vectors -> energy) run through
+    ``torch.compile(dynamic=True)``; the neighbour list and ``autograd.grad`` stay eager.
+    Same ``forward(batch) -> {"energy", "forces"}`` contract, so the ASE calculator takes it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.kind = model.kind
+        self.cutoff = model.cutoff
+        self.species = model.species
+        self._compiled = None  # made on the first call (the calculator deep-copies the module)
+
+    def _energy(self, positions: Tensor, numbers: Tensor, cell: Tensor, batch: Tensor, edge_index: Tensor,
+                shifts: Tensor) -> Tensor:
+        from maskpot.data.neighbors import edge_vectors
+
+        m = self.model
+        vec = edge_vectors(positions, cell, batch, edge_index, shifts)
+        species = m.embedding.species_index(numbers)
+        atomic, _ = m.atomic_energies(m.embedding(species, None), edge_index, vec)
+        return m.normalization(atomic, species, batch, cell.shape[0])
+
+    def forward(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        if self._compiled is None:
+            self._compiled = torch.compile(self._energy, dynamic=True)
+        with torch.enable_grad():
+            pos = data["positions"]
+            if not pos.requires_grad:
+                pos.requires_grad_()
+            edge_index, _, shifts = self.model.neighbors(pos, data["cell"], data["pbc"], data["batch"])
+            energy = self._compiled(pos, data["numbers"], data["cell"], data["batch"], edge_index, shifts)
+            (grad,) = torch.autograd.grad([energy.sum()], [pos])
+        return {"energy": energy.detach(), "forces": -grad}
+
+
+def _forces(calc, water: peers.WaterBox) -> np.ndarray:
+    atoms = peers.ase_atoms(water)
+    atoms.positions = water.configs[0]
+    atoms.calc = calc
+    return atoms.get_forces()
+
+
+def lever_cases(label: str, water: peers.WaterBox, compile_: bool = False, log=print) -> List[tuple]:
+    """[(variant, Case, max |ΔF| vs baseline eV/Å, max |F|)] for one model."""
+    config = peers.MODELS[label]
+    folder = peers.temp_dir()
+    model = peers.build(config)
+    short = label.split(" ")[0]
+    f32 = peers.export(model, folder, f"lv_{short}_f32")
+    f64 = peers.export(model, folder, f"lv_{short}_f64", dtype="float64")
+    calcs = {
+        "baseline": peers.maskpot_calculator(f32),
+        "2 threads": peers.maskpot_calculator(f32),
+        "float64": peers.maskpot_calculator(f64),
+        "eager (no TorchScript)": peers.maskpot_calculator_module(model),
+        "glibc allocator defaults": peers.maskpot_calculator(f32),
+    }
+    if compile_:
+        calcs["torch.compile (layers)"] = peers.maskpot_calculator_module(CompiledEnergyModel(model))
+    ref = _forces(calcs["baseline"], water)
+    out = []
+    mallopt = _mallopt()
+    for variant, calc in calcs.items():
+        t0 = time.perf_counter()
+        dF = float(np.abs(_forces(calc, water) - ref).max())
+        if variant.startswith("torch.compile"):
+            log(f"  {short}: torch.compile first call {time.perf_counter() - t0:.0f} s")
+        case = peers.ase_case(f"{short}: {variant}", calc, water, inner=3)
+        if variant == "2 threads":
+            case.fn = _with_threads(case.fn, 2)
+            case.cooldown = 0.3  # OpenMP workers spin after a parallel region: keep that out of the next case
+        elif variant == "glibc allocator defaults" and mallopt is not None:
+            case.fn = _with_allocator_defaults(case.fn, mallopt)
+        elif variant == "glibc allocator defaults":
+            continue
+        out.append((variant, case, dF, float(np.abs(ref).max())))
+    return out
+
+
+def _with_threads(fn: Callable[[], None], n: int) -> Callable[[], None]:
+    def wrapped() -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapped
+
+
+def _with_allocator_defaults(fn: Callable[[], None], mallopt) -> Callable[[], None]:
+    from maskpot.models.perf import tune_cpu_allocator
+
+    def wrapped() -> None:
+        mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT)
+        mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT)
+        try:
+            fn()
+        finally:
+            tune_cpu_allocator()
+
+    return wrapped
+
+
+def run_levers(size: int = 648, rounds: int = 5, models: Sequence[str] = peers.SMALL, compile_: bool = False,
+               water=None, log=print) -> Dict[str, object]:
+    water = water if water is not None else peers.water_box(size)
+    groups = {label: lever_cases(label, water, compile_, log) for label in models}
+    interleave([c for g in groups.values() for _, c, _, _ in g], rounds, log=log)
+    rows = []
+    for label, group in groups.items():
+        base = group[0][1]
+        for variant, case, dF, fmax in group:
+            rows.append([label, variant, f"{case.median():.1f}",
+                         "1.00" if case is base else "%.2f (%.2f-%.2f)" % ratio(base, case),
+                         f"{dF:.1e} (max |F| {fmax:.2f})"])
+    return {"machine": machine_line(), "size": water.n_atoms, "rounds": rounds, "rows": rows}
+
+
+def levers_markdown(res: Dict[str, object]) -> str:
+    head = (f"{res['size']} atoms, ASE calculator, energy + forces; speed-up = baseline time / variant time "
+            f"per round (median, min-max over {res['rounds']} interleaved rounds); ΔF = max |F - F_baseline| eV/Å "
+            "on one configuration.\n\n| model | variant | ms / call | speed-up vs baseline | ΔF eV/Å |\n|---|---|---|---|---|")
+    return head + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in res["rows"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=648)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    from maskpot.models.perf import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    res = run_levers(args.size, args.rounds, compile_=args.compile)
+    print(res["machine"])
+    print(levers_markdown(res))
+
+
+if __name__ == "__main__":
+    main()
