@@ -413,6 +413,11 @@ def test_truncated_dcd_is_refused(tmp_path, capsys):
     from maskpot.md.cli import analyze_main
 
     traj = _md_run(tmp_path / "md")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the complete file: no warning, nothing cut
+        res = analyze_run(traj, tmp_path / "md" / "topology.pdb")
+    assert res["n_frames"] == 151 and "truncated" not in res and "log_clipped_to_ps" not in res
+    assert res["stats"]["simulated_ps"] == pytest.approx(150 * 0.005)
     raw = traj.read_bytes()
     assert dcd_header_frames(traj) == 151
     frame_bytes = (len(raw) - _dcd_header_size(raw)) // 151
@@ -437,17 +442,6 @@ def _dcd_header_size(raw: bytes) -> int:
         n = struct.unpack("<i", raw[pos:pos + 4])[0]
         pos += 8 + n
     return pos
-
-
-def test_complete_dcd_still_analysed(tmp_path):
-    from maskpot.md.analysis import analyze_run
-
-    traj = _md_run(tmp_path / "md", n_frames=20)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        res = analyze_run(traj, tmp_path / "md" / "topology.pdb")
-    assert res["n_frames"] == 20 and "truncated" not in res and "log_clipped_to_ps" not in res
-    assert res["stats"]["simulated_ps"] == pytest.approx(19 * 0.005)
 
 
 # --------------------------------------------------------------------------------------------
