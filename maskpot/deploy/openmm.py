@@ -187,7 +187,10 @@ class TorchForceModule(torch.nn.Module):
 
 
 def import_openmmtorch():
-    """``openmmtorch`` or an ImportError that says why (wrong torch build, not installed)."""
+    """``openmmtorch`` or an ImportError that says why (wrong torch build, not installed).
+
+    Works whatever the import order of openmm and torch (see :func:`load_torch_kernel_plugins`).
+    """
     try:
         import openmmtorch  # noqa: F401
     except Exception as exc:  # OSError/ImportError when built against another torch
@@ -195,7 +198,46 @@ def import_openmmtorch():
             "backend='torch' needs openmm-torch built for torch "
             f"{torch.__version__} ({type(exc).__name__}: {exc}); use backend='python' or the "
             "environment of .ci/openmm_torch_env.sh") from exc
+    load_torch_kernel_plugins()
     return openmmtorch
+
+
+_TORCH_PLUGINS_OK = False
+
+
+def load_torch_kernel_plugins() -> None:
+    """Load openmm-torch's OpenMM kernel plugins if ``import openmm`` could not.
+
+    OpenMM loads every plugin of its plugin folder when it is imported. With ``import openmm``
+    before ``import torch``, libtorch's CUDA libraries (``libnvrtc.so.12``, ...) are not loaded
+    yet, ``libOpenMMTorchReference.so`` fails to load, and every Context with a TorchForce then
+    fails with "does not support all required kernels". Now that torch is imported, load the
+    plugins that failed again; if openmm-torch's Reference plugin still cannot be loaded, raise
+    an ImportError that says which library, why, and what to do.
+    """
+    global _TORCH_PLUGINS_OK
+    if _TORCH_PLUGINS_OK:
+        return
+    import os
+    import re
+
+    retry_errors: Dict[str, str] = {}
+    for text in openmm.Platform.getPluginLoadFailures():
+        m = re.match(r"Error loading library (.+?\.(?:so|dylib|dll)): (.*)$", str(text), re.S)
+        if not m or "OpenMMTorch" not in os.path.basename(m.group(1)):
+            continue
+        try:
+            openmm.Platform.loadPluginLibrary(m.group(1))
+        except Exception as exc:  # e.g. the OpenCL plugin on a machine without libOpenCL: not needed
+            retry_errors[m.group(1)] = str(exc)
+    reference = [p for p in retry_errors if "Reference" in os.path.basename(p)]
+    if reference:
+        raise ImportError(
+            f"backend='torch': openmm-torch's OpenMM plugin {reference[0]} cannot be loaded even after "
+            f"importing torch ({retry_errors[reference[0]].strip()}), so TorchForce has no kernels on any "
+            f"platform; openmmtorch must be built for torch {torch.__version__} and OpenMM "
+            f"{openmm.__version__} (.ci/openmm_torch_env.sh installs a working set), or use backend='python'")
+    _TORCH_PLUGINS_OK = True
 
 
 def create_force(
