@@ -26,7 +26,11 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     (``np.savez``, ``torch.jit.save``, ``ase.io.write``) behave as for the real name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:  # a parent is a regular file
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise NotADirectoryError(f"cannot write {path}: {blocker} is a regular file, not a folder") from exc
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -161,6 +161,19 @@ def test_output_inside_a_regular_file(data: Path, tmp_path: Path, capsys) -> Non
     assert f.read_text() == "x"
 
 
+def test_export_output_inside_a_regular_file(tmp_path: Path, capsys) -> None:
+    from maskpot.deploy.export import main
+    from maskpot.models import build_model
+    from maskpot.training.checkpoint import save_checkpoint
+
+    model = build_model({"name": "painn", "cutoff": 3.0, "hidden_channels": 8, "num_layers": 1, "species": [1, 8]})
+    save_checkpoint(tmp_path / "best.pt", {"model_config": model.config, "model_state": model.state_dict()})
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    assert main([str(tmp_path / "best.pt"), "-o", str(f / "model.pt")]) == 2
+    _one_line(capsys.readouterr().err, str(f), "regular file")
+
+
 # ---- maskpot-export ------------------------------------------------------------------------
 def test_exporting_an_export_file(tmp_path: Path, capsys) -> None:
     from maskpot.deploy.export import export_model, main
