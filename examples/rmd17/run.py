@@ -7,7 +7,9 @@ Uses the revised MD17 files ``rmd17_<molecule>_train_01.npz`` (training/validati
 also the unlabelled pretraining set) and ``rmd17_<molecule>_test_01.npz`` (test set) from
 ``../shared/data/rmd17`` (relative to the repository root; ``--data`` overrides). Small
 defaults (a few hundred training frames, a small PaiNN, short MD) run in minutes on a CPU;
-``--full`` uses the configs' protocol (950/50 frames, 300 epochs).
+``--full`` is the accuracy protocol of ``configs/rmd17_accurate.yaml`` (950/50 frames, PaiNN
+128x3, MSE energy+forces, cosine schedule, EMA; from scratch, or ``--pretrain`` for masked
+pretraining first) followed by 10 ps of ASE Langevin NVT at 300 K and an NVE run for the drift.
 
 Outputs: ``train/{mask,finetune,scratch}/`` (maskpot-train runs), ``model.pt``,
 ``start.xyz``, ``md/`` (maskpot-md ase: traj.extxyz, md.csv, result.json), ``nve/`` (a short NVE
@@ -31,7 +33,14 @@ SMALL = dict(splits="{train: 200, val: 50, test: 0}", model=["model.name=painn",
              "model.num_layers=2", "model.cutoff=5.0"], pretrain_epochs=5, finetune_epochs=30, batch_size=16,
              lr=["train.lr=1e-3", "train.min_lr=1e-5"], md_steps=2000, nve_steps=1000, report_every=20)
 FULL = dict(splits="{train: 950, val: 50, test: 0}", model=[], pretrain_epochs=None, finetune_epochs=None,
-            batch_size=None, lr=[], md_steps=20000, nve_steps=10000, report_every=50)
+            batch_size=None, lr=[], md_steps=20000, nve_steps=4000, report_every=50)
+
+
+def _accurate_model() -> Dict[str, Any]:
+    """The model block of ``configs/rmd17_accurate.yaml`` (so pretraining builds the same network)."""
+    import yaml
+
+    return dict(yaml.safe_load((CONFIGS / "rmd17_accurate.yaml").read_text())["model"])
 
 
 def banner(msg: str) -> None:
@@ -78,6 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", default="runs/rmd17", help="output folder")
     ap.add_argument("--full", action="store_true", help="the configs' full protocol (hours on a CPU)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the fine-tuning / --full epochs")
+    ap.add_argument("--pretrain", action="store_true", help="--full: masked pretraining, then fine-tune with the "
+                    "accurate protocol (default: from scratch)")
     args = ap.parse_args(argv)
     p = dict(FULL if args.full else SMALL)
     import torch
@@ -98,18 +110,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         common.append(f"train.batch_size={p['batch_size']}")
     pre = [f"train.epochs={p['pretrain_epochs']}"] if p["pretrain_epochs"] else []
     ft = [f"train.epochs={p['finetune_epochs']}", "train.early_stopping_patience=0"] if p["finetune_epochs"] else []
+    if args.epochs:
+        ft = [f"train.epochs={args.epochs}"]
     dat = [f"data.path={train_file}", f"data.test_path={test_file}", f"data.splits={p['splits']}"]
-    runs = {"mask": train("mask", "rmd17_pretrain_mask.yaml", out, common + p["model"] + pre + [f"data.path={train_file}"])}
-    runs["finetune"] = train("finetune", "rmd17_finetune.yaml", out, common + ft + dat, init=runs["mask"] / "best.pt")
-    runs["scratch"] = train("scratch", "rmd17_scratch.yaml", out, common + p["model"] + ft + dat)
+    runs: Dict[str, Path] = {}
+    if args.full:
+        if args.pretrain:
+            runs["mask"] = train("mask", "rmd17_pretrain_mask.yaml", out, common + [f"data.path={train_file}"]
+                                 + [f"model.{k}={v}" for k, v in _accurate_model().items()])
+            runs["accurate"] = train("accurate", "rmd17_accurate.yaml", out, common + ft + dat,
+                                     init=runs["mask"] / "best.pt")
+        else:
+            runs["accurate"] = train("accurate", "rmd17_accurate.yaml", out, common + ft + dat)
+        deployed = runs["accurate"]
+    else:
+        runs["mask"] = train("mask", "rmd17_pretrain_mask.yaml", out, common + p["model"] + pre + [f"data.path={train_file}"])
+        runs["finetune"] = train("finetune", "rmd17_finetune.yaml", out, common + ft + dat, init=runs["mask"] / "best.pt")
+        runs["scratch"] = train("scratch", "rmd17_scratch.yaml", out, common + p["model"] + ft + dat)
+        deployed = runs["finetune"]
     t_train = time.perf_counter() - t0
 
     from maskpot.deploy.export import export_model
 
     model = out / "model.pt"
     if not model.exists():
-        banner(f"exporting {runs['finetune'] / 'best.pt'}")
-        export_model(runs["finetune"] / "best.pt", model, dtype="float64")
+        banner(f"exporting {deployed / 'best.pt'}")
+        export_model(deployed / "best.pt", model, dtype="float64")
 
     import ase.io
 
@@ -132,9 +158,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ana = {k: analyze_run(out / d / "traj.extxyz", out=out / "analysis" / d) for k, d in (("nvt", "md"), ("nve", "nve"))
            if (out / d / "traj.extxyz").exists()}
     rows = []
-    for name in ("finetune", "scratch"):
+    for name in runs:
         f = runs[name] / "test_metrics.json"
-        if f.exists():
+        if name != "mask" and f.exists():
             tm = json.loads(f.read_text())
             rows.append((name, tm.get("energy_mae_meV_per_atom"), tm.get("energy_mae_meV"), tm.get("force_mae_meV_per_A"),
                          tm.get("n_frames")))
@@ -147,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         status = r["status"] if r["status"] == "ok" else f"UNSTABLE at step {r.get('failed_step')}: {r.get('reason')}"
         mrows.append((k, status, r.get("steps_done"), st.get("temperature_K_mean"), st.get("drift_meV_per_atom_per_ps"),
                       r.get("speed_ns_per_day")))
-    lines += ["## ASE MD (fine-tuned model, 300 K, 0.5 fs)", "",
+    lines += [f"## ASE MD ({deployed.name} model, 300 K, 0.5 fs)", "",
               markdown_table(["run", "status", "steps", "T mean (K)", "drift (meV/atom/ps)", "speed (ns/day)"], mrows),
               "Plots: [analysis/md/report.md](analysis/md/report.md), [analysis/nve/report.md](analysis/nve/report.md)", "",
               f"Timings: training {t_train:.0f} s, MD {t_md:.0f} s, total {time.perf_counter() - t0:.0f} s."]

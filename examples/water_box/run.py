@@ -434,6 +434,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     runs = stage_train(out, p, data, args.compare or args.denoise)
     timings["training"] = time.perf_counter() - t
     model = stage_export(out, runs["finetune"])
+    return finish(out, p, runs, model, timings, t0)
+
+
+def finish(out: Path, p: Dict[str, Any], runs: Dict[str, Path], model: Path, timings: Dict[str, float],
+           t0: float) -> int:
+    """MD, analysis and report; the exit status (0, or :data:`EXIT_UNSTABLE` with one line on stderr)."""
     t = time.perf_counter()
     md_res = stage_md(out, p, model)
     timings["md"] = time.perf_counter() - t
