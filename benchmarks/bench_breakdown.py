@@ -76,7 +76,7 @@ def breakdown_cases(label: str, config: Dict[str, object], water: peers.WaterBox
 
     def forward() -> None:
         e, _ = energy_of(nxt())
-        float(e.sum())
+        float(e.detach().sum())
 
     def forward_backward() -> None:
         e, p = energy_of(nxt())

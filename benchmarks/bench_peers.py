@@ -89,7 +89,9 @@ def run_peers(
             case, edges = peers.mace_case(water, inner=1)
             case.name = f"{peers.MACE_LABEL} @{n}"
             case.warm_min, case.warm_max = 2, 3
-            info.setdefault(peers.MACE_LABEL, {"params": None, "cutoff": 5.0, "edges": {}})["edges"][n] = edges
+            entry = info.setdefault(peers.MACE_LABEL, {"params": None, "cutoff": 5.0, "edges": {}})
+            entry["edges"][n] = edges
+            entry["params"] = n_params(case.model)
             key[(peers.MACE_LABEL, n)] = case
             cases.append(case)
         if openmm_tip3p:
@@ -99,8 +101,6 @@ def run_peers(
             info.setdefault(peers.OPENMM_LABEL, {"params": None, "cutoff": None, "edges": {}})
             key[(peers.OPENMM_LABEL, n)] = case
             cases.append(case)
-    if mace:
-        info[peers.MACE_LABEL]["params"] = n_params(peers.mace_small())
     log(f"{len(cases)} cases built ({time.perf_counter() - t0:.0f} s); timing {rounds} rounds")
     interleave(cases, rounds, log=log)
     for label in info:
@@ -163,7 +163,7 @@ def verdict(res: Dict[str, object], speed_target: float = 30.0, scaling_target: 
         per = res["cases"].get(label)
         if not per:
             continue
-        parts = [f"**{label}**:"]
+        parts = []
         e = per.get(a, {})
         if "vs_mace" in e:
             r = e["vs_mace"][0]
@@ -175,7 +175,7 @@ def verdict(res: Dict[str, object], speed_target: float = 30.0, scaling_target: 
             s = per["scaling"][0]
             parts.append(f"cost {a}→{res['sizes'][1]} atoms {s:.2f}x (target <= {scaling_target:.0f}x: "
                          f"{'met' if s <= scaling_target else 'NOT met'})")
-        out.append("- " + "; ".join(parts) + ".")
+        out.append(f"- **{label}**: " + "; ".join(parts) + ".")
     return out
 
 

@@ -209,7 +209,7 @@ def module_case(name: str, module: torch.nn.Module, water: WaterBox, dtype: torc
 
     def fn() -> None:
         e, f = module(cycle.next(), numbers, cell, pbc)
-        float(e)
+        float(e.detach())
 
     return Case(name, fn, inner=inner)
 
@@ -281,9 +281,11 @@ def mace_case(water: WaterBox, model: Optional[torch.nn.Module] = None, inner: i
     def fn() -> None:
         b = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in cycle.next().items()}
         out = model(b, compute_force=True, compute_stress=False)
-        float(out["energy"].sum())
+        float(out["energy"].detach().sum())
 
-    return Case(MACE_LABEL, fn, inner=inner), edges
+    case = Case(MACE_LABEL, fn, inner=inner)
+    case.model = model  # type: ignore[attr-defined]
+    return case, edges
 
 
 # ---------------------------------------------------------------------------------------------
