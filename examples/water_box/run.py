@@ -49,16 +49,16 @@ SMALL = dict(
     n_molecules=64, box=12.42, n_pretrain_seeds=2, pretrain_frames=60, every=50,
     # labelled data: thermal frames at three temperatures (wider bond / angle distributions than
     # 300 K alone) and rattled copies (sigma 0.1 Å) labelled by TIP3P; test: an unseen 300 K run
-    label_temperatures=[300.0, 400.0, 500.0], label_frames=50, label_every=100, rattle_sigma=0.1,
-    rattle_copies=1, test_frames=40, equilibration_steps=2000, label_splits="{train: 0.9, val: 0.1, test: 0}",
+    label_temperatures=[300.0, 400.0, 500.0], label_frames=40, label_every=100, rattle_sigma=0.1,
+    rattle_fraction=0.5, test_frames=40, equilibration_steps=2000, label_splits="{train: 0.9, val: 0.1, test: 0}",
     # PaiNN, small and fast: 64 channels, 2 layers, 3.5 Å (the box allows up to 6.2 Å)
     model=["model.name=painn", "model.hidden_channels=64", "model.num_layers=2", "model.cutoff=3.5"],
-    pretrain_epochs=6, finetune_epochs=25, patience=8, batch_size=4, lr=["train.lr=3e-3", "train.min_lr=1e-5"],
+    pretrain_epochs=6, finetune_epochs=20, patience=6, batch_size=4, lr=["train.lr=3e-3", "train.min_lr=1e-5"],
     md_equilibrate=2000, md_equilibrate_learned=500, md_steps=4000, md_report=25, nve_steps=400, friction=5.0,
 )
 FULL = dict(
     n_molecules=258, box=20.0, n_pretrain_seeds=9, pretrain_frames=1000, every=50,
-    label_temperatures=[300.0, 400.0, 500.0], label_frames=400, label_every=50, rattle_sigma=0.1, rattle_copies=1,
+    label_temperatures=[300.0, 400.0, 500.0], label_frames=400, label_every=50, rattle_sigma=0.1, rattle_fraction=1.0,
     test_frames=200, equilibration_steps=None, label_splits="{train: 0.9, val: 0.1, test: 0}",
     model=[], pretrain_epochs=None, finetune_epochs=None, patience=None, batch_size=None, lr=[],
     md_equilibrate=10000, md_equilibrate_learned=2000, md_steps=20000, md_report=100, nve_steps=4000, friction=1.0,
@@ -106,10 +106,13 @@ def stage_data(out: Path, p: Dict[str, Any]) -> Dict[str, Path]:
         parts = [run(f"labelled_{t:.0f}K", [s], p["label_frames"], p["label_every"], t)
                  for s, t in zip(sd["labelled"], p["label_temperatures"])]
         thermal = concat_frames(parts)
-        rattled = [rattle_frames(thermal, p["rattle_sigma"], sd["rattle"] + k) for k in range(p["rattle_copies"])]
-        print(f"  {len(thermal['energy'])} thermal frames + {sum(len(r['energy']) for r in rattled)} rattled "
-              f"(sigma {p['rattle_sigma']} Å) labelled by TIP3P")
-        save_tip3p_npz(paths["labelled"], concat_frames([thermal, *rattled]))
+        # rattle an evenly spread subset of the thermal frames (every temperature represented)
+        n = len(thermal["energy"])
+        pick = np.unique(np.linspace(0, n - 1, int(round(p["rattle_fraction"] * n))).round().astype(int))
+        subset = {**thermal, **{k: np.asarray(thermal[k])[pick] for k in ("positions", "cell", "energy", "forces")}}
+        rattled = rattle_frames(subset, p["rattle_sigma"], sd["rattle"])
+        print(f"  {n} thermal frames + {len(pick)} rattled (sigma {p['rattle_sigma']} Å) labelled by TIP3P")
+        save_tip3p_npz(paths["labelled"], concat_frames([thermal, rattled]))
     if not paths["test"].exists():
         save_tip3p_npz(paths["test"], run("test", [sd["test"]], p["test_frames"], p["label_every"]))
     for f in (out / "data").glob("*.partial.npz"):
@@ -338,8 +341,8 @@ def stage_report(out: Path, p: Dict[str, Any], runs: Dict[str, Path], md_res: Di
     lines.append(f"{p['n_molecules']} water molecules in a {p['box']} Å cubic box (flexible TIP3P, OpenMM). "
                  f"Seed {p['seed']}. Pretraining: {p['n_pretrain_seeds']} trajectories x {p['pretrain_frames']} frames "
                  f"(300 K, positions only, masked-H task); fine-tuning: {p['label_frames']} frames at each of "
-                 f"{', '.join(f'{t:.0f}' for t in p['label_temperatures'])} K plus {p['rattle_copies']} rattled copy "
-                 f"(σ = {p['rattle_sigma']} Å) labelled by TIP3P, split {p['label_splits']}; test: "
+                 f"{', '.join(f'{t:.0f}' for t in p['label_temperatures'])} K plus rattled copies of "
+                 f"{p['rattle_fraction']:.0%} of them (σ = {p['rattle_sigma']} Å) labelled by TIP3P, split {p['label_splits']}; test: "
                  f"{p['test_frames']} frames of an independent 300 K trajectory. MD at {T:g} K.\n")
     lines.append("## Test errors (energy_force fine-tuning, independent 300 K test trajectory)\n")
     lines.append(markdown_table(["run", "energy MAE (meV/atom)", "force MAE (meV/Å)", "energy RMSE (meV/atom)",
