@@ -28,6 +28,11 @@ def force_mae(model, batch):
     return float((out["forces"].detach() - batch["forces"]).abs().mean())
 
 
+# (steps, learning rate) where the default 60 steps at 3e-3 are not enough: the reference EGNN's
+# raw |r_ij|^2 input (one number per edge, no radial basis) learns slower and oscillates at 3e-3.
+SLOW_LEARNERS = {"egnn-reference": (300, 1e-3)}
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_training_lowers_force_error(name, tip3p_frames):
     torch.manual_seed(0)
@@ -37,8 +42,9 @@ def test_training_lowers_force_error(name, tip3p_frames):
     e_per_atom = float((train["energy"] / train["n_atoms"]).mean())
     model.set_normalization({1: e_per_atom, 8: e_per_atom}, energy_scale=f_std, force_scale=f_std)
     before_train, before_test = force_mae(model, train), force_mae(model, held_out)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
+    steps, lr = SLOW_LEARNERS.get(name, (60, 3e-3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
         model.train()
         out = model(dict(train))
         loss = ((out["forces"] - train["forces"]) ** 2).mean()
