@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import logging
 import math
@@ -63,6 +64,17 @@ RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde
 FORCE_COL = "val_force_mae_meV_per_A"
 
 log = logging.getLogger("compare_pretraining")
+
+
+def _load_stats() -> Any:
+    """experiments/stats.py, loaded by path (this script runs as a file, not from a package)."""
+    name = "maskpot_experiments_stats"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("stats.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
 # ------------------------------------------------------------------------------------------
@@ -241,8 +253,9 @@ def _yaml_flow(d: Dict[str, Any]) -> str:
 
 def model_overrides(args: argparse.Namespace, plan: DatasetPlan) -> List[str]:
     cutoff = args.cutoff if args.cutoff is not None else (5.0 if plan.kind == "rmd17" else 3.5)
+    extra = ["model.coord_updates=true", "model.distance_input=squared"] if getattr(args, "egnn_reference", False) else []
     return [f"model.name={args.model}", f"model.hidden_channels={args.hidden}",
-            f"model.num_layers={args.layers}", f"model.cutoff={cutoff}"]
+            f"model.num_layers={args.layers}", f"model.cutoff={cutoff}", *extra]
 
 
 def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Run]:
@@ -267,6 +280,9 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
             if strat not in args.strategies:
                 continue
             obj = ["objective={noise_sigma: 0.2, denoise_target: noise}"] if strat == "denoise" else []
+            if strat == "mask" and getattr(args, "mask_variant", None):
+                obj = [f"objective.mask_variant={args.mask_variant}"]
+                obj += ["objective.cosine_form=mean"] if args.mask_variant == "reference" else []
             name = f"pretrain_{strat}_s{seed}"
             runs.append(Run(name, "pretrain", strat, seed, None, plan.configs[strat],
                             [f"task={strat}", *obj, *data, *common_model, *pre_train,
@@ -429,6 +445,7 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
                 "val_force_mae_curve_std": (arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(L)).tolist(),
                 "runs": [r.name for r in rs],
             }
+        _add_vs_scratch(args, runs, results, n_label, by[str(n_label)])
     pre = {}
     for strat in ("mask", "denoise"):
         rs = [r for r in runs if r.stage == "pretrain" and r.strategy == strat]
@@ -438,6 +455,7 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
         first = [read_curve(r.dir, key)[0] for r in rs]
         last = [read_curve(r.dir, key)[-1] for r in rs]
         pre[strat] = {"metric": key, "first_epoch": first, "last_epoch": last,
+                      "geometry_baseline": [_geometry_baseline(r) for r in rs],
                       "wall_s": [results[r.name].get("wall_s") for r in rs]}
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -460,6 +478,52 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
         "wall_s": wall_s,
         "run_wall_s": {k: v.get("wall_s") for k, v in results.items()},
     }
+
+
+def _geometry_baseline(run: Run) -> Optional[Dict[str, float]]:
+    """Score of the geometry-only rule (maskpot.training.pretext_baseline) on the pretraining
+    run's validation frames, with the very targets its validation used (same objective, seed)."""
+    import yaml
+
+    from maskpot.data.dataset import load_splits
+    from maskpot.data.io import read_dataset
+    from maskpot.training.objectives import build_objective
+    from maskpot.training.pretext_baseline import baseline_scores
+
+    try:
+        cfg = yaml.safe_load((run.dir / "config.yaml").read_text())
+        d = cfg["data"]
+        samples = read_dataset(d["path"], format=d.get("format"))
+        splits = load_splits(Path(d.get("split_file") or run.dir / "splits.npz"), len(samples))
+        val = [samples[int(i)] for i in splits["val"]]
+        return baseline_scores(val, build_objective(cfg["task"], cfg["objective"]), seed=int(cfg["train"]["seed"]))
+    except Exception as exc:  # a missing baseline must not lose the experiment's summary
+        log.warning("geometry-only baseline of %s failed: %s", run.name, exc)
+        return None
+
+
+def _add_vs_scratch(args: argparse.Namespace, runs: Sequence[Run], results: Dict[str, Dict[str, Any]], n_label: int,
+                    by_n: Dict[str, Any]) -> None:
+    """Paired (same seed) differences of the test errors against scratch, with 95 % t intervals,
+    and the epochs each fine-tuning run needs to reach its seed's scratch final validation force
+    MAE (experiments/stats.py). Needs the scratch strategy."""
+    if "scratch" not in args.strategies:
+        return
+    st = _load_stats()
+    ft = {(r.strategy, r.seed): r for r in runs if r.stage == "finetune" and r.n_label == n_label}
+    seeds = sorted(s for (strat, s) in ft if strat == "scratch")
+    for strat in args.strategies:
+        rs = {s: ft[(strat, s)] for s in seeds if (strat, s) in ft}
+        entry: Dict[str, Any] = {
+            "epochs_to_scratch_final_val_force_per_seed": [
+                st.epochs_to_scratch_final(rs[s].dir, ft[("scratch", s)].dir) for s in sorted(rs)
+            ],
+        }
+        if strat != "scratch":
+            for key in ("force_mae_meV_per_A", "energy_mae_meV_per_atom"):
+                entry[key] = st.paired_differences({s: results[rs[s].name][key] for s in rs},
+                                                   {s: results[ft[("scratch", s)].name][key] for s in rs})
+        by_n[strat]["vs_scratch"] = entry
 
 
 def plot(summary: Dict[str, Any], out: Path) -> None:
@@ -541,6 +605,27 @@ def markdown(summary: Dict[str, Any]) -> str:
                 f"| {r['force_mae_meV_per_A']['mean']:.1f} ± {r['force_mae_meV_per_A']['std']:.1f} | {early} "
                 f"| {', '.join(str(x) for x in be)} |"
             )
+    if any("vs_scratch" in summary["results"][str(n)].get(strat, {}) for n in summary["labels"]
+           for strat in summary["strategies"]):
+        st = _load_stats()
+        lines += [
+            "",
+            "Against scratch, paired by seed: mean test-error difference [95 % t interval] (negative = better "
+            "than scratch), and the fine-tuning epochs each seed needs to reach its scratch run's final "
+            f"validation force MAE (— = not within {E} epochs).",
+            "",
+            "| N labels | strategy | Δ test F MAE (meV/Å) | Δ test E MAE (meV/atom) | epochs to scratch's final val F MAE |",
+            "|---:|---|---:|---:|---|",
+        ]
+        for n in summary["labels"]:
+            for strat in summary["strategies"]:
+                v = summary["results"][str(n)][strat].get("vs_scratch")
+                if v is None:
+                    continue
+                ep = ", ".join("—" if x is None else str(x) for x in v["epochs_to_scratch_final_val_force_per_seed"])
+                df = st.format_ci(v["force_mae_meV_per_A"], 1) if "force_mae_meV_per_A" in v else "(reference)"
+                de = st.format_ci(v["energy_mae_meV_per_atom"], 2) if "energy_mae_meV_per_atom" in v else "(reference)"
+                lines.append(f"| {n} | {strat} | {df} | {de} | {ep} |")
     pre = summary.get("pretraining", {})
     if pre:
         lines.append("")
@@ -548,8 +633,14 @@ def markdown(summary: Dict[str, Any]) -> str:
         for strat, p in pre.items():
             f = np.mean(p["first_epoch"])
             l_ = np.mean(p["last_epoch"])
-            parts.append(f"{strat}: {p['metric']} {f:.3f} (epoch 1) → {l_:.3f} (last epoch)")
-        lines.append("Pretraining (validation, mean over seeds): " + "; ".join(parts) + ".")
+            text = f"{strat}: {p['metric']} {f:.3f} (epoch 1) → {l_:.3f} (last epoch)"
+            base = [b for b in p.get("geometry_baseline") or [] if b]
+            bkey = "mean_cosine" if strat == "mask" else "vector_rmse"
+            if base and all(bkey in b for b in base):
+                text += f", geometry-only rule {np.mean([b[bkey] for b in base]):.3f}"
+            parts.append(text)
+        lines.append("Pretraining (validation, mean over seeds; the geometry-only rule of "
+                     "maskpot.training.pretext_baseline on the same targets): " + "; ".join(parts) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -570,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", type=int, default=0, help="cap on the training pool (0: every non-val/test frame)")
     p.add_argument("--test-frames", type=int, default=0,
                    help="test frames (rMD17: random subset of test_01, 0 = all 1000; water: held-out frames, 0 = 10%%)")
+    p.add_argument("--mask-variant", default=None, choices=("local", "reference"),
+                   help="rMD17 masking: local (flagged neighbours of the hole) or the reference code's (every atom, "
+                        "from the farthest hole, no flag, with its loss: cosine_form mean); default: the config's")
+    p.add_argument("--egnn-reference", action="store_true",
+                   help="EGNN with the reference's coordinate updates and squared-distance input (--model egnn)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--cutoff", type=float, default=None, help="Å (default: 5.0 rMD17, 3.5 water)")
@@ -597,6 +693,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.labels = sorted(set(args.labels))
     args.seeds = list(dict.fromkeys(args.seeds))
     args.strategies = [s for s in STRATEGIES if s in args.strategies]
+    if args.egnn_reference and args.model != "egnn":
+        raise SystemExit(f"--egnn-reference needs --model egnn (got --model {args.model})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("maskpot").setLevel(logging.WARNING)
     t_start = time.time()

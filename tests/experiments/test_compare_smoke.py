@@ -61,10 +61,21 @@ def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
         assert set(r["force_mae_meV_per_A"]) == {"mean", "std"}
         assert len(r["val_force_mae_curve_mean"]) == 2  # one value per fine-tuning epoch
     assert summary["sizes"]["pool_unlabelled"] == 16 and summary["sizes"]["val"] == 4
+    # paired differences against scratch (experiments/stats.py); one seed: no interval
+    for strat in ("denoise", "mask"):
+        v = summary["results"]["8"][strat]["vs_scratch"]
+        assert v["force_mae_meV_per_A"]["n"] == 1 and v["force_mae_meV_per_A"]["seeds"] == [0]
+        assert len(v["epochs_to_scratch_final_val_force_per_seed"]) == 1
+    # the geometry-only score of each pretext task, next to the learned one
+    assert 0.0 < summary["pretraining"]["mask"]["geometry_baseline"][0]["mean_cosine"] <= 1.0
+    assert summary["pretraining"]["denoise"]["geometry_baseline"][0]["vector_rmse"] > 0
+    scratch_epochs = summary["results"]["8"]["scratch"]["vs_scratch"]["epochs_to_scratch_final_val_force_per_seed"]
+    assert scratch_epochs[0] in (1, 2)
     for png in ("convergence.png", "accuracy_vs_labels.png"):
         assert (out / png).stat().st_size > 1000
     text = md.read_text()
     assert "rmd17:ethanol" in text and "| 8 | mask |" in text and "python experiments/compare_pretraining.py" in text
+    assert "Against scratch, paired by seed" in text and "geometry-only rule 0." in text and "| 8 | scratch | (reference) | (reference) |" in text
     lines = (out / "commands.sh").read_text().splitlines()
     assert sum(line.startswith("maskpot-train configs/") for line in lines) == 5
     for name in ("pretrain_mask_s0", "pretrain_denoise_s0", "ft_scratch_n8_s0"):
@@ -135,3 +146,29 @@ def test_rerun_skips_finished_runs(smoke, cmp) -> None:
     (out / "runs" / "ft_scratch_n8_s0" / "test_metrics.json").unlink()
     with pytest.raises(RuntimeError, match="different config"):
         cmp.main(bad)
+
+
+def test_reference_options_reach_the_run_configs(cmp, shared_data, tmp_path) -> None:
+    """--mask-variant reference and --egnn-reference end up in the resolved configs (no training)."""
+    from maskpot.data.transforms import MaskElementsReference
+    from maskpot.models import build_model
+    from maskpot.training.objectives import build_objective
+
+    args = cmp.build_parser().parse_args([
+        "--dataset", "rmd17:ethanol", "--model", "egnn", "--egnn-reference", "--mask-variant", "reference",
+        "--seeds", "0", "--labels", "8", "--pool", "16", "--val", "4", "--test-frames", "8",
+        "--data-root", str(shared_data), "--out", str(tmp_path),
+    ])
+    args.strategies = list(STRATEGIES)
+    plan = cmp.plan_dataset(args, tmp_path)
+    runs = {r.name: r for r in cmp.plan_runs(args, plan, tmp_path)}
+    mask = cmp.resolve(runs["pretrain_mask_s0"])
+    assert mask["objective"]["mask_variant"] == "reference" and mask["objective"]["cosine_form"] == "mean"
+    assert isinstance(build_objective(mask["task"], mask["objective"]).transform, MaskElementsReference)
+    for name in ("pretrain_mask_s0", "pretrain_denoise_s0", "ft_scratch_n8_s0"):
+        model = cmp.resolve(runs[name])["model"]
+        assert model["coord_updates"] is True and model["distance_input"] == "squared"
+    assert build_model({**model, "species": [1, 6, 8]}).coord_updates
+    assert "mask_variant" not in cmp.resolve(runs["pretrain_denoise_s0"])["objective"]
+    with pytest.raises(SystemExit, match="needs --model egnn"):
+        cmp.main(["--model", "painn", "--egnn-reference", "--out", str(tmp_path / "x")])
