@@ -345,9 +345,18 @@ def load_exported(path: PathLike, map_location: Union[str, torch.device] = "cpu"
 
 
 def call_exported(module: torch.nn.Module, positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor) -> Tuple[Tensor, Tensor]:
-    """Call an exported module; a ``ValueError`` raised inside TorchScript comes back as ValueError."""
+    """Call an exported module; a ``ValueError`` raised inside TorchScript comes back as ValueError.
+
+    The call runs with TorchScript's graph-executor optimisation off: the profiling executor's
+    autodiff subgraphs replace ATen's fused backward kernels (``silu_backward``, ...) by
+    symbolic gradients of several elementwise passes each, and CPU builds have no fuser to merge
+    them back. Off, the exported EGNN is ~1.35x faster on a 648-atom water box, PaiNN/GNS are
+    unchanged, results are identical, and the first calls need no profiling warm-up
+    (benchmarks/RESULTS.md, speed levers).
+    """
     try:
-        return module(positions, atomic_numbers, cell, pbc)
+        with torch.jit.optimized_execution(False):
+            return module(positions, atomic_numbers, cell, pbc)
     except torch.jit.Error as exc:
         msg = str(exc)
         marker = "builtins.ValueError: "
