@@ -9,6 +9,11 @@ and its forces are compared with the baseline's on the same configuration:
 * ``eager``: ``MaskpotCalculator(model)`` on the in-memory module (no TorchScript);
 * ``glibc allocator defaults``: ``mallopt`` thresholds back to glibc's defaults around the
   call (``tune_cpu_allocator`` is what ``maskpot-md``/``maskpot-train`` switch on);
+* ``TorchScript optimisation on``: how the engines called the exported module before commit
+  f774315; ``call_exported`` now runs it under ``torch.jit.optimized_execution(False)`` (no
+  profiling executor, no autodiff subgraphs: the backward runs ATen's fused kernels such as
+  ``silu_backward`` instead of TorchScript's symbolic-gradient decomposition into
+  sigmoid/mul/add), which is the baseline here;
 * ``torch.compile`` (``--compile``): forward + backward of the model (neighbour list
   excluded) compiled by inductor with dynamic shapes; minutes of compile time on 2 cores.
 
@@ -81,11 +86,14 @@ class CompiledEnergyModel(torch.nn.Module):
         return {"energy": energy.detach(), "forces": -grad}
 
 
-def _forces(calc, water: peers.WaterBox) -> np.ndarray:
+def _forces(calc, water: peers.WaterBox, wrap=None) -> np.ndarray:
     atoms = peers.ase_atoms(water)
     atoms.positions = water.configs[0]
     atoms.calc = calc
-    return atoms.get_forces()
+    out = {}
+    fn = lambda: out.setdefault("f", atoms.get_forces())  # noqa: E731
+    (wrap(fn) if wrap else fn)()
+    return out["f"]
 
 
 def lever_cases(label: str, water: peers.WaterBox, compile_: bool = False, log=print) -> List[tuple]:
@@ -96,31 +104,32 @@ def lever_cases(label: str, water: peers.WaterBox, compile_: bool = False, log=p
     short = label.split(" ")[0]
     f32 = peers.export(model, folder, f"lv_{short}_f32")
     f64 = peers.export(model, folder, f"lv_{short}_f64", dtype="float64")
-    calcs = {
-        "baseline": peers.maskpot_calculator(f32),
-        "2 threads": peers.maskpot_calculator(f32),
-        "float64": peers.maskpot_calculator(f64),
-        "eager (no TorchScript)": peers.maskpot_calculator_module(model),
-        "glibc allocator defaults": peers.maskpot_calculator(f32),
-    }
-    if compile_:
-        calcs["torch.compile (layers)"] = peers.maskpot_calculator_module(CompiledEnergyModel(model))
-    ref = _forces(calcs["baseline"], water)
-    out = []
     mallopt = _mallopt()
-    for variant, calc in calcs.items():
+    # variant -> (calculator, wrapper of the timed call or None, cooldown s)
+    variants = {
+        "baseline": (peers.maskpot_calculator(f32), None, 0.0),
+        # OpenMP workers spin after a parallel region: the cooldown keeps that out of the next case
+        "2 threads": (peers.maskpot_calculator(f32), lambda fn: _with_threads(fn, 2), 0.3),
+        "float64": (peers.maskpot_calculator(f64), None, 0.0),
+        "eager (no TorchScript)": (peers.maskpot_calculator_module(model), None, 0.0),
+        "TorchScript optimisation on (before f774315)": (peers.maskpot_calculator(f32), _with_jit_optimisation, 0.0),
+    }
+    if mallopt is not None:
+        variants["glibc allocator defaults"] = (peers.maskpot_calculator(f32),
+                                                lambda fn: _with_allocator_defaults(fn, mallopt), 0.0)
+    if compile_:
+        variants["torch.compile (layers)"] = (peers.maskpot_calculator_module(CompiledEnergyModel(model)), None, 0.0)
+    ref = _forces(variants["baseline"][0], water)
+    out = []
+    for variant, (calc, wrap, cooldown) in variants.items():
         t0 = time.perf_counter()
-        dF = float(np.abs(_forces(calc, water) - ref).max())
+        dF = float(np.abs(_forces(calc, water, wrap) - ref).max())
         if variant.startswith("torch.compile"):
             log(f"  {short}: torch.compile first call {time.perf_counter() - t0:.0f} s")
         case = peers.ase_case(f"{short}: {variant}", calc, water, inner=3)
-        if variant == "2 threads":
-            case.fn = _with_threads(case.fn, 2)
-            case.cooldown = 0.3  # OpenMP workers spin after a parallel region: keep that out of the next case
-        elif variant == "glibc allocator defaults" and mallopt is not None:
-            case.fn = _with_allocator_defaults(case.fn, mallopt)
-        elif variant == "glibc allocator defaults":
-            continue
+        if wrap is not None:
+            case.fn = wrap(case.fn)
+        case.cooldown = cooldown
         out.append((variant, case, dF, float(np.abs(ref).max())))
     return out
 
@@ -133,6 +142,26 @@ def _with_threads(fn: Callable[[], None], n: int) -> Callable[[], None]:
             fn()
         finally:
             torch.set_num_threads(before)
+
+    return wrapped
+
+
+def _with_jit_optimisation(fn: Callable[[], None]) -> Callable[[], None]:
+    """The calculator as it was before: the exported module called with TorchScript's
+    graph-executor optimisation on (``call_exported`` now switches it off)."""
+    import maskpot.deploy.ase as ase_module
+
+    def plain(module, positions, numbers, cell, pbc):
+        return module(positions, numbers, cell, pbc)
+
+    def wrapped() -> None:
+        saved = ase_module.call_exported
+        ase_module.call_exported = plain
+        try:
+            with torch.jit.optimized_execution(True):
+                fn()
+        finally:
+            ase_module.call_exported = saved
 
     return wrapped
 

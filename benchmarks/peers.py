@@ -200,7 +200,10 @@ def maskpot_calculator_module(model: torch.nn.Module):
 
 def module_case(name: str, module: torch.nn.Module, water: WaterBox, dtype: torch.dtype = torch.float32,
                 inner: int = 1) -> Case:
-    """The export signature called directly (no engine): (positions, numbers, cell, pbc) -> (E, F)."""
+    """The export signature called directly (no engine), as the engines call it
+    (``maskpot.deploy.export.call_exported``): (positions, numbers, cell, pbc) -> (E, F)."""
+    from maskpot.deploy.export import call_exported
+
     numbers = torch.as_tensor(water.numbers, dtype=torch.long)
     cell = torch.as_tensor(water.cell(), dtype=dtype)
     pbc = torch.ones(3, dtype=torch.bool)
@@ -208,7 +211,7 @@ def module_case(name: str, module: torch.nn.Module, water: WaterBox, dtype: torc
     cycle = _Cycle(pos)
 
     def fn() -> None:
-        e, f = module(cycle.next(), numbers, cell, pbc)
+        e, f = call_exported(module, cycle.next(), numbers, cell, pbc)
         float(e.detach())
 
     return Case(name, fn, inner=inner)
