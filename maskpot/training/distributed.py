@@ -80,3 +80,26 @@ def broadcast_object(obj, ctx: DistContext, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def _local_rank_main(rank: int, world_size: int, port: int, cfg: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from maskpot.training.cli import run_training
+
+    run_training(cfg)
+
+
+def run_local(cfg: dict, nprocs: int) -> None:
+    """Run the training ``cfg`` data-parallel on ``nprocs`` local processes (gloo, one torch
+    thread each), like ``torchrun --nproc_per_node nprocs`` without a second command."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_local_rank_main, args=(int(nprocs), port, cfg), nprocs=int(nprocs), join=True,
+                       start_method="spawn")

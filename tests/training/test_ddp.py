@@ -3,23 +3,15 @@ on the same global batches (energy_force task, equal shards of equal-size frames
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from maskpot.training.checkpoint import load_checkpoint
 from maskpot.training.cli import run_training
 from maskpot.training.config import load_config
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from maskpot.training.distributed import run_local
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +37,6 @@ def _config(data: Path, out: Path, model: str) -> dict:
     ])
 
 
-def _worker(rank: int, world: int, port: int, cfg: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    run_training(cfg)
-
-
 def test_ddp_matches_single_process(water: Path, tmp_path: Path) -> None:
     # painn: energy model, forces by autograd with create_graph inside the DDP forward
     model = "painn"
@@ -59,7 +44,8 @@ def test_ddp_matches_single_process(water: Path, tmp_path: Path) -> None:
     run_training(single)
     ddp = _config(water, tmp_path / "ddp", model)
     ddp["data"]["split_file"] = str(tmp_path / "single" / "splits.npz")
-    mp.start_processes(_worker, args=(2, _free_port(), ddp), nprocs=2, join=True, start_method="spawn")
+    # the worker lives in the package, so spawned processes never import this test module
+    run_local(ddp, nprocs=2)
 
     a = load_checkpoint(tmp_path / "single" / "last.pt")
     b = load_checkpoint(tmp_path / "ddp" / "last.pt")
