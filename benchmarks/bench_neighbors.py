@@ -12,8 +12,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, markdown_table, time_call, water_box  # noqa: E402
+try:  # python -m benchmarks.bench_neighbors
+    from benchmarks.common import append_results, markdown_table, time_call, water_box
+except ImportError:  # python benchmarks/bench_neighbors.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import append_results, markdown_table, time_call, water_box  # noqa: E402
 
 from maskpot.data.neighbors import make_neighbor_list, vesin_available  # noqa: E402
 
