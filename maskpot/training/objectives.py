@@ -243,6 +243,7 @@ class MetricAccumulator:
         "n_vec", "sum_sq_vec",
         "w_loss", "sum_loss",
         "n_graphs",
+        "sum_e",
     )  # fmt: skip
 
     def __init__(self, prediction_key: str = "forces", vector_metric: Optional[str] = None) -> None:
@@ -273,6 +274,7 @@ class MetricAccumulator:
             n = _n_atoms(batch, de.shape[0], device).double()
             parts[idx["n_graphs_e"]] = de.shape[0]
             parts[idx["sum_abs_e"]] = de.abs().sum()
+            parts[idx["sum_e"]] = de.sum()
             parts[idx["sum_sq_e"]] = (de * de).sum()
             parts[idx["sum_abs_e_pa"]] = (de / n).abs().sum()
             parts[idx["sum_sq_e_pa"]] = ((de / n) ** 2).sum()
@@ -319,7 +321,8 @@ class MetricAccumulator:
         return self
 
     def compute(self) -> Dict[str, float]:
-        """Metrics with data: energy_{mae,rmse}_meV[_per_atom], force_{mae,rmse}_meV_per_A,
+        """Metrics with data: energy_{mae,rmse}_meV[_per_atom], energy_mean_error_meV (signed
+        mean: an offset), energy_rmse_centred_meV (offset removed), force_{mae,rmse}_meV_per_A,
         mean_cosine, vector_{mse,rmse} (target units), loss (frame-weighted mean), n_graphs."""
         v = dict(zip(self.FIELDS, self.state().cpu().tolist()))
         m: Dict[str, float] = {}
@@ -329,6 +332,10 @@ class MetricAccumulator:
             m["energy_rmse_meV"] = 1000.0 * math.sqrt(v["sum_sq_e"] / n)
             m["energy_mae_meV_per_atom"] = 1000.0 * v["sum_abs_e_pa"] / n
             m["energy_rmse_meV_per_atom"] = 1000.0 * math.sqrt(v["sum_sq_e_pa"] / n)
+            # the mean signed error (an energy offset) and the RMSE once it is removed
+            mean = v["sum_e"] / n
+            m["energy_mean_error_meV"] = 1000.0 * mean
+            m["energy_rmse_centred_meV"] = 1000.0 * math.sqrt(max(v["sum_sq_e"] / n - mean * mean, 0.0))
         if v["n_f"] > 0:
             m["force_mae_meV_per_A"] = 1000.0 * v["sum_abs_f"] / v["n_f"]
             m["force_rmse_meV_per_A"] = 1000.0 * math.sqrt(v["sum_sq_f"] / v["n_f"])

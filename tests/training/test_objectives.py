@@ -299,3 +299,15 @@ def test_denoise_and_energy_force_objectives_end_to_end():
     assert m["loss_energy"] == pytest.approx((0.01**2 + 0.02**2) / 2)
     assert m["loss_forces"] == pytest.approx(0.01)
     assert m["loss"] == pytest.approx(m["loss_energy"] + 10 * 0.01)
+
+
+def test_energy_offset_metrics() -> None:
+    """Signed mean error and centred RMSE: a constant offset shows in the first, not the second."""
+    batch = {"energy": torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64),
+             "n_atoms": torch.tensor([2, 2, 2, 2]), "batch": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])}
+    err = torch.tensor([0.01, -0.01, 0.02, -0.02], dtype=torch.float64)
+    out = {"energy": batch["energy"] + 0.5 + err}
+    m = MetricAccumulator().update(out, batch).compute()
+    assert m["energy_mean_error_meV"] == pytest.approx(500.0)
+    assert m["energy_rmse_centred_meV"] == pytest.approx(1000.0 * float(err.pow(2).mean().sqrt()), rel=1e-6)
+    assert m["energy_mae_meV"] == pytest.approx(500.0, abs=20.0)
