@@ -303,6 +303,24 @@ def agreement(ana: Dict[str, Any], target_T: float) -> Dict[str, Any]:
     return out
 
 
+def rdf_noise_floor(out: Path, p: Dict[str, Any]) -> Optional[float]:
+    """O–O RDF rmse between the two halves of the TIP3P run (after the same 10 % skip): how much
+    two samples of the *same* liquid differ at this run length, the floor for any comparison."""
+    from maskpot.md.analysis import load_trajectory, rdf_distance, water_rdfs
+
+    f = out / "md_tip3p" / "traj.dcd"
+    if not f.exists():
+        return None
+    t = load_trajectory(f, out / "md_tip3p" / "topology.pdb")
+    t = t[int(0.1 * t.n_frames):]
+    if t.n_frames < 10:
+        return None
+    half = t.n_frames // 2
+    rmax = min(8.0, 0.5 * p["box"] - 1e-6)
+    a, b = water_rdfs(t[:half], rmax), water_rdfs(t[half:], rmax)
+    return rdf_distance(a["O-O"][0], a["O-O"][1], b["O-O"][1])["rmse"]
+
+
 def stage_report(out: Path, p: Dict[str, Any], runs: Dict[str, Path], md_res: Dict[str, Dict[str, Any]],
                  timings: Dict[str, float]) -> Path:
     from maskpot.md.analysis import analyze_run, log_statistics, read_log
@@ -361,6 +379,8 @@ def stage_report(out: Path, p: Dict[str, Any], runs: Dict[str, Path], md_res: Di
     lines.append(markdown_table(["run", "status", "steps", "speed (ns/day)", "NVE drift (meV/atom/ps)",
                                  "E_tot std (meV/atom)"], mrows))
     checks = agreement(ana, T) if stable else {}
+    if "rdf_oo_rmse" in checks:
+        checks["rdf_oo_rmse"]["tip3p_half_vs_half"] = rdf_noise_floor(out, p)
     if not stable:
         lines.append(f"\n**PARTIAL RUN**: the learned MD stopped at step {learned.get('failed_step')} of "
                      f"{p['md_steps']} ({learned.get('reason')}). Structure, geometry and diffusion are not reported "
@@ -378,6 +398,10 @@ def stage_report(out: Path, p: Dict[str, Any], runs: Dict[str, Path], md_res: Di
                          "iae = ∫|g - g_TIP3P| dr (Å).\n")
             lines.append(markdown_table(["pair", "rmse", "iae (Å)"],
                                         [(k, v["rmse"], v["iae"]) for k, v in ana["rdf_distance"].items()]))
+        floor = checks.get("rdf_oo_rmse", {}).get("tip3p_half_vs_half")
+        if floor is not None:
+            lines.append(f"\nNoise floor: the O–O RDF rmse between the two halves of the TIP3P run itself is "
+                         f"{floor:.3f}.\n")
         lines.append("\n### Agreement checks\n")
         lines.append(markdown_table(["check", "value", "limit", "pass"],
                                     [(k, v.get("relative", v.get("deviation", v["value"])), v["limit"],

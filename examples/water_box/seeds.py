@@ -52,6 +52,7 @@ def row(folder: Path) -> Optional[Dict[str, Any]]:
         "steps": learned.get("steps_done"), "ps": (learned.get("steps_done") or 0) * 0.5e-3,
         "force_mae": ft.get("force_mae_meV_per_A"), "energy_mae": ft.get("energy_mae_meV_per_atom"),
         "rdf_oo": checks.get("rdf_oo_rmse", {}).get("value"),
+        "rdf_floor": checks.get("rdf_oo_rmse", {}).get("tip3p_half_vs_half"),
         "T_mean": st.get("temperature_K_mean"),
         "oh_rel": checks.get("oh_rel", {}).get("relative"), "hoh_rel": checks.get("hoh_rel", {}).get("relative"),
         "drift": nve.get("learned_nve", {}).get("drift_meV_per_atom_per_ps"),
@@ -72,7 +73,7 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 COLUMNS = [("seed", "seed"), ("T", "T (K)"), ("stable", "stable"), ("ps", "NVT (ps)"),
            ("force_mae", "test F MAE (meV/Å)"), ("energy_mae", "test E MAE (meV/atom)"),
-           ("rdf_oo", "O–O RDF rmse"), ("T_mean", "T mean (K)"), ("oh_rel", "O–H rel. dev."),
+           ("rdf_oo", "O–O RDF rmse"), ("rdf_floor", "TIP3P half-vs-half rmse"), ("T_mean", "T mean (K)"), ("oh_rel", "O–H rel. dev."),
            ("hoh_rel", "H–O–H rel. dev."), ("drift", "NVE drift (meV/atom/ps)"),
            ("drift_tip3p", "TIP3P NVE drift"), ("speed", "ns/day"), ("total_s", "wall (s)")]
 
