@@ -25,7 +25,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["MDInstabilityError", "StabilityGuard", "GuardSettings", "min_pair_distance", "bond_lengths"]
+__all__ = ["MDInstabilityError", "StabilityGuard", "GuardSettings", "min_pair_distance", "bond_lengths",
+           "model_failure_reason"]
 
 
 class MDInstabilityError(RuntimeError):
@@ -37,6 +38,21 @@ class MDInstabilityError(RuntimeError):
         self.time_ps = time_ps
         when = f"step {self.step}" + (f" (t = {time_ps:.4f} ps)" if time_ps is not None else "")
         super().__init__(f"MD unstable at {when}: {self.reason}")
+
+
+#: Prefixes of the errors the engine adapters raise when the *model* fails (atoms on top of each
+#: other, non-finite energy or forces): inside an MD run these mean the simulation blew up.
+MODEL_FAILURE_PREFIXES = ("maskpot PythonForce", "maskpot TorchForce", "MaskpotCalculator")
+
+
+def model_failure_reason(exc: BaseException) -> Optional[str]:
+    """The reason, when ``exc`` (possibly wrapped by OpenMM or ASE) is a model failure raised by a
+    maskpot engine adapter; ``None`` for any other error."""
+    text = str(exc)
+    for prefix in MODEL_FAILURE_PREFIXES:
+        if prefix in text:
+            return text[text.index(prefix):].splitlines()[0].strip()
+    return None
 
 
 @dataclass

@@ -44,7 +44,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from maskpot.data.tip3p import kj_per_mol_to_ev
-from maskpot.md.guard import GuardSettings, MDInstabilityError, StabilityGuard, topology_bonds
+from maskpot.md.guard import GuardSettings, MDInstabilityError, StabilityGuard, model_failure_reason, topology_bonds
 from maskpot.utils import PathLike, atomic_path, atomic_write_json, versions
 
 __all__ = [
@@ -424,17 +424,30 @@ def run_openmm(
         e_init = sim.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         log(f"{n_atoms} atoms, forces {run_info['forces']}, platform {plat.getName()}; "
             f"initial E_pot = {e_init * ev:.4f} eV")
-        if s.minimize_iterations > 0:
-            t0 = time.perf_counter()
-            openmm.LocalEnergyMinimizer.minimize(
-                sim.context, s.minimize_tolerance * unit.kilojoule_per_mole / unit.nanometer, s.minimize_iterations)
-            e_min = sim.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-            log(f"minimised ({s.minimize_iterations} iterations max) in {time.perf_counter() - t0:.1f} s: "
-                f"E_pot = {e_min * ev:.4f} eV")
-        sim.context.setVelocitiesToTemperature(s.temperature * unit.kelvin, s.seed + 1)
-        if s.equilibration_steps > 0:
-            log(f"equilibrating {s.equilibration_steps} steps (not recorded)")
-            sim.step(s.equilibration_steps)
+        phase = "minimisation"
+        try:
+            if s.minimize_iterations > 0:
+                t0 = time.perf_counter()
+                openmm.LocalEnergyMinimizer.minimize(
+                    sim.context, s.minimize_tolerance * unit.kilojoule_per_mole / unit.nanometer, s.minimize_iterations)
+                e_min = sim.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+                log(f"minimised ({s.minimize_iterations} iterations max) in {time.perf_counter() - t0:.1f} s: "
+                    f"E_pot = {e_min * ev:.4f} eV")
+            sim.context.setVelocitiesToTemperature(s.temperature * unit.kelvin, s.seed + 1)
+            phase = "equilibration"
+            if s.equilibration_steps > 0:
+                log(f"equilibrating {s.equilibration_steps} steps (not recorded)")
+                sim.step(s.equilibration_steps)
+        except Exception as exc:  # the model failed before production: the run is unstable
+            reason = model_failure_reason(exc)
+            if reason is None:
+                raise
+            reason = f"{reason} (during {phase})"
+            result.update(status="unstable", failed_step=0, failed_time_ps=0.0, reason=reason, last_good_step=None,
+                          steps_done=0, message=reason, wall_seconds=time.perf_counter() - t_start)
+            log(f"STOPPED: {reason}")
+            atomic_write_json(paths["result"], result)
+            raise MDInstabilityError(0, reason) from exc
             sim.context.setTime(0.0)
             sim.context.setStepCount(0)
             sim.currentStep = 0
@@ -485,7 +498,13 @@ def run_openmm(
         while step < s.steps:
             nxt = min(s.steps, (step // check_every + 1) * check_every, (step // s.report_every + 1) * s.report_every,
                       (step // ckpt_every + 1) * ckpt_every)
-            sim.step(nxt - step)
+            try:
+                sim.step(nxt - step)
+            except Exception as exc:  # the model failed between two guard checks
+                reason = model_failure_reason(exc)
+                if reason is None:
+                    raise
+                raise MDInstabilityError(nxt, reason, nxt * dt_ps) from exc
             bar.update(nxt - step)
             step = nxt
             report = step % s.report_every == 0 or step == s.steps

@@ -78,3 +78,25 @@ def test_broken_potential_stopped_in_ase(tmp_path, broken_model):
     assert res["status"] == "unstable" and 0 < res["failed_step"] < 400
     frames = ase.io.read(out / "traj.extxyz", index=":")
     assert len(frames) == res["last_good_step"] // 10 + 1
+
+
+def test_model_failure_inside_openmm_is_instability(tmp_path, broken_model):
+    """Atoms pulled on top of each other make the OpenMM force raise (overlap / non-finite output);
+    inside MD that is an unstable run (exit 2, result.json says why), not a crash."""
+    from maskpot.md.cli import md_main
+
+    out = tmp_path / "bad"
+    rc = md_main(["openmm", "--model", str(broken_model), "--water", "27", "--steps", "2000", "--report-every", "1000",
+                  "--check-every", "1000", "--min-distance", "0.05", "--minimize", "0", "--platform", "Reference",
+                  "--out", str(out), "--no-progress"])
+    assert rc == 2
+    res = json.loads((out / "result.json").read_text())
+    assert res["status"] == "unstable" and "maskpot PythonForce" in res["reason"] and res["failed_step"] > 0
+
+
+def test_model_failure_reason_recognises_adapter_errors():
+    from maskpot.md.guard import model_failure_reason
+
+    assert model_failure_reason(RuntimeError("OpenMM: maskpot PythonForce: atoms 1 and 2 are 0.01 Å apart\nmore")) \
+        == "maskpot PythonForce: atoms 1 and 2 are 0.01 Å apart"
+    assert model_failure_reason(ValueError("box too small")) is None
