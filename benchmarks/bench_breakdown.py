@@ -13,6 +13,9 @@ Per-step breakdown (one process, interleaved, medians of per-round values):
 * OpenMM glue: one MD step with the model as an ``openmm.PythonForce`` (State -> numpy ->
   torch -> kJ/mol) minus the TorchScript module call.
 
+Both glues are also measured with a zero-cost null model exported the same way (engine call
+minus module call), which is much less noisy than the difference of two model calls.
+
 Training throughput: frames per second of ``maskpot.training.trainer.Trainer.train_step``
 (``make_batch`` with the objective's transform, forward, loss, backward, gradient clipping,
 AdamW, EMA when on) for masked pretraining (task ``mask``) and fine-tuning
@@ -40,6 +43,36 @@ BREAKDOWN_MODELS = peers.SMALL
 
 # ---------------------------------------------------------------------------------------------
 # per-step breakdown
+
+
+class NullModel(torch.nn.Module):
+    """A zero-cost stand-in with the model contract (energy 0, forces 0): exported and run
+    through the engines, its time is the engine glue alone (plus the export wrapper)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kind = "energy"
+        self.cutoff = 3.5
+        self.species = [1, 8]
+
+    def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        pos = data["positions"]
+        return {"energy": torch.zeros(1, dtype=pos.dtype), "forces": torch.zeros_like(pos)}
+
+
+def glue_cases(water: peers.WaterBox, folder: Path, openmm: bool = True) -> List[Case]:
+    from maskpot.deploy.export import export_model, load_exported
+
+    path = Path(folder) / "null_model.pt"
+    export_model(NullModel(), path)
+    scripted, _ = load_exported(path)
+    cases = [
+        peers.module_case("null: TorchScript module", scripted, water, inner=5),
+        peers.ase_case("null: ASE calculator", peers.maskpot_calculator(path), water, inner=5),
+    ]
+    if openmm:
+        cases.append(peers.openmm_pythonforce_case("null: OpenMM PythonForce step", path, water, inner=5))
+    return cases
 
 
 def breakdown_cases(label: str, config: Dict[str, object], water: peers.WaterBox, folder: Path,
@@ -99,24 +132,34 @@ def breakdown_cases(label: str, config: Dict[str, object], water: peers.WaterBox
     return cases
 
 
-def breakdown_rows(cases: Sequence[Case]) -> List[List[str]]:
-    """Derived per-round components -> rows [component, ms, % of the ASE call]."""
+def breakdown_rows(cases: Sequence[Case], glue: Sequence[Case] = ()) -> List[List[str]]:
+    """Derived per-round components -> rows [component, ms, % of the ASE call].
+
+    Engine glue comes from the null model (``glue`` cases) when given: engine call minus the
+    null model's module call, a small difference of small numbers, so far less noisy than the
+    difference of two model calls."""
     by = {c.name.split(": ", 1)[1]: np.asarray(c.wall) for c in cases}
+    null = {c.name.split(": ", 1)[1]: np.asarray(c.wall) for c in glue}
     ase = by["ASE calculator"]
+    script = by["TorchScript module"]
     comps = [
         ("neighbour list", by["neighbour list"]),
         ("forward (layers + energy)", by["forward"]),
         ("backward (forces by autograd)", by["forward+backward"] - by["forward"]),
-        ("export wrapper, eager (checks, dict) = eager module - NL - fwd - bwd",
-         by["eager module"] - by["neighbour list"] - by["forward+backward"]),
-        ("TorchScript module - eager module", by["TorchScript module"] - by["eager module"]),
-        ("= TorchScript module call (what engines run)", by["TorchScript module"]),
-        ("ASE glue = ASE calculator - TorchScript module", ase - by["TorchScript module"]),
-        ("= ASE calculator call", ase),
+        ("rest of the module call (export wrapper, executor) = module - NL - fwd - bwd",
+         script - by["neighbour list"] - by["forward+backward"]),
+        ("= TorchScript module call, as engines make it", script),
+        ("(eager module, for comparison)", by["eager module"]),
     ]
+    if "ASE calculator" in null:
+        comps.append(("ASE glue (null model: calculator - module)", null["ASE calculator"] - null["TorchScript module"]))
+    comps += [("ASE glue (this model: calculator - module)", ase - script), ("= ASE calculator call", ase)]
     if "OpenMM PythonForce step" in by:
         pf = by["OpenMM PythonForce step"]
-        comps += [("OpenMM PythonForce glue = MD step - TorchScript module", pf - by["TorchScript module"]),
+        if "OpenMM PythonForce step" in null:
+            comps.append(("OpenMM PythonForce glue (null model: MD step - module)",
+                          null["OpenMM PythonForce step"] - null["TorchScript module"]))
+        comps += [("OpenMM PythonForce glue (this model: MD step - module)", pf - script),
                   ("= OpenMM MD step (PythonForce)", pf)]
     med_ase = float(np.median(ase))
     return [[name, f"{float(np.median(v)):.2f}", f"{100 * float(np.median(v)) / med_ase:.0f} %"] for name, v in comps]
@@ -127,10 +170,11 @@ def run_breakdown(size: int = 648, rounds: int = 5, models: Sequence[str] = BREA
     water = water if water is not None else peers.water_box(size)
     folder = peers.temp_dir()
     groups = {label: breakdown_cases(label, peers.MODELS[label], water, folder, openmm) for label in models}
-    interleave([c for cs in groups.values() for c in cs], rounds, log=log)
+    glue = glue_cases(water, folder, openmm)
+    interleave([c for cs in groups.values() for c in cs] + glue, rounds, log=log)
     return {"machine": machine_line(), "size": water.n_atoms, "rounds": rounds,
-            "rows": {label: breakdown_rows(cs) for label, cs in groups.items()},
-            "raw": {c.name: c.wall for cs in groups.values() for c in cs}}
+            "rows": {label: breakdown_rows(cs, glue) for label, cs in groups.items()},
+            "raw": {c.name: c.wall for cs in list(groups.values()) + [glue] for c in cs}}
 
 
 def breakdown_markdown(res: Dict[str, object]) -> str:

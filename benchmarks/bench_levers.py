@@ -63,14 +63,13 @@ class CompiledEnergyModel(torch.nn.Module):
         self.species = model.species
         self._compiled = None  # made on the first call (the calculator deep-copies the module)
 
-    def _energy(self, positions: Tensor, numbers: Tensor, cell: Tensor, batch: Tensor, edge_index: Tensor,
-                shifts: Tensor) -> Tensor:
+    def _energy(self, positions: Tensor, h0: Tensor, species: Tensor, cell: Tensor, batch: Tensor,
+                edge_index: Tensor, shifts: Tensor) -> Tensor:
         from maskpot.data.neighbors import edge_vectors
 
         m = self.model
         vec = edge_vectors(positions, cell, batch, edge_index, shifts)
-        species = m.embedding.species_index(numbers)
-        atomic, _ = m.atomic_energies(m.embedding(species, None), edge_index, vec)
+        atomic, _ = m.atomic_energies(h0, edge_index, vec)
         return m.normalization(atomic, species, batch, cell.shape[0])
 
     def forward(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -81,7 +80,10 @@ class CompiledEnergyModel(torch.nn.Module):
             if not pos.requires_grad:
                 pos.requires_grad_()
             edge_index, _, shifts = self.model.neighbors(pos, data["cell"], data["pbc"], data["batch"])
-            energy = self._compiled(pos, data["numbers"], data["cell"], data["batch"], edge_index, shifts)
+            # species lookup (a data-dependent check) stays eager: no graph break in the compiled part
+            species = self.model.embedding.species_index(data["numbers"])
+            h0 = self.model.embedding(species, data.get("mask"))
+            energy = self._compiled(pos, h0, species, data["cell"], data["batch"], edge_index, shifts)
             (grad,) = torch.autograd.grad([energy.sum()], [pos])
         return {"energy": energy.detach(), "forces": -grad}
 

@@ -64,7 +64,7 @@ def test_breakdown_training_levers_smoke(monkeypatch):
     water = tiny_box(81)
     bd = bench_breakdown.run_breakdown(rounds=1, models=tuple(FAST), water=water, log=lambda m: None)
     names = [r[0] for r in bd["rows"]["egnn 64x3 3.5 Å"]]
-    assert names[0] == "neighbour list" and any("OpenMM" in n for n in names)
+    assert names[0] == "neighbour list" and any("OpenMM" in n for n in names) and any("null" in n for n in names)
     samples = bench_breakdown.tip3p_samples(n_molecules=27, box=9.5, n_frames=4, every=2)
     tr = bench_breakdown.run_training(rounds=1, batch_size=2, models=tuple(FAST), samples=samples, log=lambda m: None)
     assert len(tr["rows"]) == 2 and all(float(r[2]) > 0 for r in tr["rows"])
