@@ -5,7 +5,8 @@
                                        [--jobs 2] [--update-readme]
 
 Each (seed, temperature) is one ``examples/water_box/run.py`` process (resumable: finished stages
-are skipped). The table (mean ± std over seeds, and every run) is written to ``OUT/seeds.md`` and,
+are skipped). Runs at the second and later temperatures reuse the data, training and export of
+the first temperature's run of the same seed (only the MD depends on the temperature). The table (mean ± std over seeds, and every run) is written to ``OUT/seeds.md`` and,
 with ``--update-readme``, between the ``<!-- seeds-table -->`` markers of
 ``examples/water_box/README.md``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +29,16 @@ HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- seeds-table -->", "<!-- /seeds-table -->"
 
 
-def run_one(out: Path, seed: int, temperature: float, extra: List[str]) -> Tuple[int, Path]:
+def run_one(out: Path, seed: int, temperature: float, extra: List[str], reuse_from: Optional[Path] = None
+            ) -> Tuple[int, Path]:
     folder = out / f"seed{seed}_{temperature:g}K"
     folder.mkdir(parents=True, exist_ok=True)
+    if reuse_from is not None and (reuse_from / "model.pt").exists() and not (folder / "model.pt").exists():
+        # same seed, other MD temperature: the data, training and export do not depend on it
+        for name in ("data", "train"):
+            if not (folder / name).exists():
+                shutil.copytree(reuse_from / name, folder / name)
+        shutil.copy2(reuse_from / "model.pt", folder / "model.pt")
     cmd = [sys.executable, str(HERE / "run.py"), "--out", str(folder), "--seed", str(seed),
            "--temperature", f"{temperature:g}", "--no-progress", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -112,8 +121,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(args.out)
     extra = [a for a in args.extra if a != "--"]
     jobs = [(s, T) for T in args.temperatures for s in args.seeds]
+    first = args.temperatures[0]
+
+    def reuse(seed: int, T: float) -> Optional[Path]:
+        return out / f"seed{seed}_{first:g}K" if T != first else None
+
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda j: run_one(out, j[0], j[1], extra), jobs))
+        results = list(pool.map(lambda j: run_one(out, j[0], j[1], extra, reuse(*j)), jobs))
     rows = [r for r in (row(folder) for _, folder in results) if r is not None]
     text = table(rows)
     (out / "seeds.md").write_text(text + "\n")
