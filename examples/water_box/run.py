@@ -209,8 +209,11 @@ def stage_md(out: Path, p: Dict[str, Any], model: Path) -> Dict[str, Dict[str, A
                        "--equilibrate", str(p["md_equilibrate"]), "--steps", str(p["md_steps"]), "--seed", str(seed)]
                       + cond + quiet, out / "md_tip3p")
     start = out / "md_tip3p" / "topology.pdb"
+    # No energy minimisation with the learned potential: the start is already the teacher's
+    # equilibrated liquid, and a minimiser's long line searches can carry atoms into regions no
+    # training frame covers (seen: an H pulled onto its O at 350 K), which MD at T would not visit.
     res["learned"] = md(["openmm", "--model", str(model), "--pdb", str(start), "--steps", str(p["md_steps"]),
-                         "--minimize", "100", "--equilibrate", str(p["md_equilibrate_learned"]), "--seed", str(seed)]
+                         "--minimize", "0", "--equilibrate", str(p["md_equilibrate_learned"]), "--seed", str(seed)]
                         + cond + quiet, out / "md_learned")
     # NVE from the end of each NVT run: energy conservation / drift
     for name, src in (("learned_nve", "md_learned"), ("tip3p_nve", "md_tip3p")):
