@@ -69,13 +69,13 @@ def train(name: str, config: str, out: Path, overrides: List[str], init: Optiona
 
 
 def md(argv: List[str], out_dir: Path) -> Dict[str, Any]:
-    from maskpot.md.cli import md_main
+    from maskpot.md.cli import EXIT_UNSTABLE, md_main
 
     res = out_dir / "result.json"
     if not (res.exists() and json.loads(res.read_text()).get("status") in ("ok", "unstable")):
         banner("maskpot-md " + " ".join(argv + ["--out", str(out_dir)]))
         rc = md_main(argv + ["--out", str(out_dir), "--resume"])
-        if rc not in (0, 2):
+        if rc not in (0, EXIT_UNSTABLE):
             raise SystemExit(f"maskpot-md failed (exit {rc})")
     return json.loads(res.read_text())
 

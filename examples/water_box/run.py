@@ -184,7 +184,7 @@ def stage_export(out: Path, run: Path) -> Path:
 
 def md(args: List[str], out_dir: Path) -> Dict[str, Any]:
     """Run ``maskpot-md``; return its result.json (status 'ok' or 'unstable' — never raises on instability)."""
-    from maskpot.md.cli import md_main
+    from maskpot.md.cli import EXIT_UNSTABLE, md_main
 
     res_path = out_dir / "result.json"
     if res_path.exists() and json.loads(res_path.read_text()).get("status") in ("ok", "unstable"):
@@ -193,7 +193,7 @@ def md(args: List[str], out_dir: Path) -> Dict[str, Any]:
     argv = args + ["--out", str(out_dir), "--resume"]
     banner("maskpot-md " + " ".join(argv))
     rc = md_main(argv)
-    if rc not in (0, 2):
+    if rc not in (0, EXIT_UNSTABLE):
         raise SystemExit(f"maskpot-md failed (exit {rc})")
     return json.loads(res_path.read_text())
 

@@ -10,10 +10,10 @@
                    --temperature K --ensemble nvt|nve --out DIR [--resume]
     maskpot-analyze TRAJ [--top TOP] [--reference REFTRAJ [--reference-top TOP]] --out DIR
 
-Exit status of ``maskpot-md``: 0 success; 2 the stability guard stopped the run (the message,
-with the step and the reason, is printed and written to ``DIR/md.log`` and ``DIR/result.json``);
-1 bad input or other errors (one line naming the file). ``maskpot-analyze``: 0 success; 2 bad
-input (one line naming the file).
+Exit status of ``maskpot-md``: 0 success; 2 bad input (one line naming the file or option, as
+every maskpot command); 3 the stability guard stopped the run (the message, with the step and the
+reason, is printed and written to ``DIR/md.log`` and ``DIR/result.json``). ``maskpot-analyze``:
+0 success; 2 bad input (one line naming the file).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Optional, Sequence
 
 from maskpot.md.guard import GuardSettings, MDInstabilityError
 
-EXIT_UNSTABLE = 2
+EXIT_UNSTABLE = 3
+EXIT_BAD_INPUT = 2
 
 
 def _limit(text: str) -> Optional[float]:
@@ -139,7 +140,7 @@ def md_main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_UNSTABLE
     except (ValueError, OSError, ImportError) as exc:  # OSError: missing files, --out inside a file, ...
         print(f"maskpot-md: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     print(f"maskpot-md: done, {result['steps_done']} steps in {result['wall_seconds']:.1f} s -> {args.out}")
     return 0
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from maskpot.md.cli import EXIT_UNSTABLE
 from maskpot.md.guard import GuardSettings, MDInstabilityError, StabilityGuard, min_pair_distance, water_bonds
 
 
@@ -46,7 +47,7 @@ def test_broken_potential_stopped_in_openmm(tmp_path, broken_model):
     out = tmp_path / "bad"
     rc = md_main(["openmm", "--model", str(broken_model), "--water", "27", "--steps", "400", "--report-every", "10",
                   "--check-every", "2", "--minimize", "0", "--platform", "Reference", "--out", str(out), "--no-progress"])
-    assert rc == 2
+    assert rc == EXIT_UNSTABLE
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "unstable" and 0 < res["failed_step"] < 400
     assert res["last_good_step"] == res["failed_step"] - 2
@@ -73,7 +74,7 @@ def test_broken_potential_stopped_in_ase(tmp_path, broken_model):
     out = tmp_path / "bad_ase"
     rc = md_main(["ase", "--model", str(broken_model), "--structure", str(xyz), "--steps", "400",
                   "--report-every", "10", "--check-every", "2", "--minimize", "0", "--out", str(out), "--no-progress"])
-    assert rc == 2
+    assert rc == EXIT_UNSTABLE
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "unstable" and 0 < res["failed_step"] < 400
     frames = ase.io.read(out / "traj.extxyz", index=":")
@@ -89,7 +90,7 @@ def test_model_failure_inside_openmm_is_instability(tmp_path, broken_model):
     rc = md_main(["openmm", "--model", str(broken_model), "--water", "27", "--steps", "2000", "--report-every", "1000",
                   "--check-every", "1000", "--min-distance", "0.05", "--minimize", "0", "--platform", "Reference",
                   "--out", str(out), "--no-progress"])
-    assert rc == 2
+    assert rc == EXIT_UNSTABLE
     res = json.loads((out / "result.json").read_text())
     assert res["status"] == "unstable" and "maskpot PythonForce" in res["reason"] and res["failed_step"] > 0
 

@@ -208,7 +208,7 @@ def test_md_pdb_on_a_non_pdb_file(tmp_path: Path, capsys, content: str) -> None:
     bad.write_text(content)
     rc = md_main(["openmm", "--model", str(tmp_path / "model.pt"), "--pdb", str(bad), "--steps", "2",
                   "--out", str(tmp_path / "md")])
-    assert rc == 1  # maskpot-md keeps 2 for "the stability guard stopped the run"
+    assert rc == 2  # bad input, as every maskpot command (3 = the stability guard stopped the run)
     _one_line(capsys.readouterr().err, "--pdb", str(bad), "PDB")
 
 
