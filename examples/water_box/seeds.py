@@ -63,6 +63,7 @@ def row(folder: Path) -> Optional[Dict[str, Any]]:
         "rdf_oo": checks.get("rdf_oo_rmse", {}).get("value"),
         "rdf_floor": checks.get("rdf_oo_rmse", {}).get("tip3p_half_vs_half"),
         "T_mean": st.get("temperature_K_mean"),
+        "T_mean_tip3p": ana.get("reference_stats", {}).get("temperature_K_mean"),
         "oh_rel": checks.get("oh_rel", {}).get("relative"), "hoh_rel": checks.get("hoh_rel", {}).get("relative"),
         "drift": nve.get("learned_nve", {}).get("drift_meV_per_atom_per_ps"),
         "drift_tip3p": nve.get("tip3p_nve", {}).get("drift_meV_per_atom_per_ps"),
@@ -82,7 +83,7 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 COLUMNS = [("seed", "seed"), ("T", "T (K)"), ("stable", "stable"), ("ps", "NVT (ps)"),
            ("force_mae", "test F MAE (meV/Å)"), ("energy_mae", "test E MAE (meV/atom)"),
-           ("rdf_oo", "O–O RDF rmse"), ("rdf_floor", "TIP3P half-vs-half rmse"), ("T_mean", "T mean (K)"), ("oh_rel", "O–H rel. dev."),
+           ("rdf_oo", "O–O RDF rmse"), ("rdf_floor", "TIP3P half-vs-half rmse"), ("T_mean", "T mean (K)"), ("T_mean_tip3p", "TIP3P T mean (K)"), ("oh_rel", "O–H rel. dev."),
            ("hoh_rel", "H–O–H rel. dev."), ("drift", "NVE drift (meV/atom/ps)"),
            ("drift_tip3p", "TIP3P NVE drift"), ("speed", "ns/day"), ("total_s", "wall (s)")]
 
