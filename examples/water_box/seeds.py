@@ -67,8 +67,19 @@ def row(folder: Path) -> Optional[Dict[str, Any]]:
         "oh_rel": checks.get("oh_rel", {}).get("relative"), "hoh_rel": checks.get("hoh_rel", {}).get("relative"),
         "drift": nve.get("learned_nve", {}).get("drift_meV_per_atom_per_ps"),
         "drift_tip3p": nve.get("tip3p_nve", {}).get("drift_meV_per_atom_per_ps"),
-        "speed": learned.get("speed_ns_per_day"), "total_s": s.get("timings", {}).get("total (before report)"),
+        "speed": learned.get("speed_ns_per_day"), "train_s": _train_seconds(folder),
     }
+
+
+def _train_seconds(folder: Path) -> Optional[float]:
+    """Wall time of pretraining + fine-tuning (from the runs' own run.json; survives reruns)."""
+    total = 0.0
+    for name in ("mask", "finetune"):
+        f = folder / "train" / name / "run.json"
+        if not f.exists():
+            return None
+        total += float(json.loads(f.read_text()).get("summary", {}).get("elapsed_s") or 0.0)
+    return total
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -85,7 +96,7 @@ COLUMNS = [("seed", "seed"), ("T", "T (K)"), ("stable", "stable"), ("ps", "NVT (
            ("force_mae", "test F MAE (meV/Å)"), ("energy_mae", "test E MAE (meV/atom)"),
            ("rdf_oo", "O–O RDF rmse"), ("rdf_floor", "TIP3P half-vs-half rmse"), ("T_mean", "T mean (K)"), ("T_mean_tip3p", "TIP3P T mean (K)"), ("oh_rel", "O–H rel. dev."),
            ("hoh_rel", "H–O–H rel. dev."), ("drift", "NVE drift (meV/atom/ps)"),
-           ("drift_tip3p", "TIP3P NVE drift"), ("speed", "ns/day"), ("total_s", "wall (s)")]
+           ("drift_tip3p", "TIP3P NVE drift"), ("speed", "ns/day"), ("train_s", "train wall (s)")]
 
 
 def table(rows: List[Dict[str, Any]]) -> str:

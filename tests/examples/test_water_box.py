@@ -67,8 +67,8 @@ def test_unstable_learned_md_fails_loudly(example, tmp_path: Path, capsys) -> No
 def test_recipe_gives_stable_md(example, tmp_path: Path) -> None:
     """Reduced recipe (32 molecules, fewer frames and epochs); 0.3 ps NVT at 350 K must not trip
     the guard (bond limits, closest pair 0.5 Å, temperature)."""
-    p = _params(example, pretrain_frames=20, n_pretrain_seeds=1, label_frames=16, test_frames=8,
-                equilibration_steps=500, pretrain_epochs=1, finetune_epochs=8, patience=0, temperature=350.0)
+    p = _params(example, pretrain_frames=20, n_pretrain_seeds=1, label_frames=24, test_frames=8,
+                equilibration_steps=500, pretrain_epochs=2, finetune_epochs=15, patience=0, temperature=350.0)
     data = example.stage_data(tmp_path, p)
     runs = example.stage_train(tmp_path, p, data, compare=False)
     model = example.stage_export(tmp_path, runs["finetune"])
