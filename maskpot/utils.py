@@ -122,3 +122,14 @@ def hash_arrays(*arrays: np.ndarray) -> str:
         h.update(str(a.shape).encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
+
+
+def replace_marked_block(path: PathLike, begin: str, end: str, text: str) -> bool:
+    """Replace what lies between the marker lines ``begin`` and ``end`` of text file ``path``
+    (generated tables in READMEs); atomic. Returns False, changing nothing, without both markers."""
+    content = Path(path).read_text()
+    if begin not in content or end not in content.split(begin, 1)[1]:
+        return False
+    head, rest = content.split(begin, 1)
+    atomic_write_text(path, head + begin + "\n" + text.strip("\n") + "\n" + end + rest.split(end, 1)[1])
+    return True

@@ -93,11 +93,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     (Path(args.out) / "accuracy.md").write_text(text + "\n")
     print(text)
     if args.update_readme:
-        readme = HERE / "README.md"
-        s = readme.read_text()
-        if MARK_BEGIN in s and MARK_END in s:
-            head, rest = s.split(MARK_BEGIN, 1)
-            readme.write_text(head + MARK_BEGIN + "\n" + text + "\n" + MARK_END + rest.split(MARK_END, 1)[1])
+        from maskpot.utils import replace_marked_block
+
+        replace_marked_block(HERE / "README.md", MARK_BEGIN, MARK_END, text)
     return 0
 
 

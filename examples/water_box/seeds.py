@@ -145,12 +145,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     (out / "seeds.md").write_text(text + "\n")
     print(text)
     if args.update_readme:
-        readme = HERE / "README.md"
-        s = readme.read_text()
-        if MARK_BEGIN in s and MARK_END in s:
-            head, rest = s.split(MARK_BEGIN, 1)
-            _, tail = rest.split(MARK_END, 1)
-            readme.write_text(head + MARK_BEGIN + "\n" + text + "\n" + MARK_END + tail)
+        from maskpot.utils import replace_marked_block
+
+        replace_marked_block(HERE / "README.md", MARK_BEGIN, MARK_END, text)
     failed = [f"seed {s} at {T:g} K (exit {rc})" for (s, T), (rc, _) in zip(jobs, results) if rc != 0]
     if failed:
         print("failed: " + ", ".join(failed), file=sys.stderr)
