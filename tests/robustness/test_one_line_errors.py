@@ -10,7 +10,6 @@ from typing import List
 
 import numpy as np
 import pytest
-import torch
 
 from maskpot.data.io import write_npz
 from maskpot.data.sample import Sample
@@ -18,20 +17,6 @@ from maskpot.training.cli import eval_main, train_main
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 SMALL = "model={name: painn, cutoff: 3.0, hidden_channels: 8, num_layers: 1}"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_fresh_log_handler():
-    import logging
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = logging.getLogger("maskpot")
-    saved = root.handlers[:]
-    root.handlers.clear()  # the CLI adds a handler on this test's (captured) stderr
-    yield
-    root.handlers[:] = saved
-    torch.set_num_threads(n)
 
 
 def _water(n_frames: int, box: float, forces: bool = True, seed: int = 0) -> List[Sample]:

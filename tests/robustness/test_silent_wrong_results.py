@@ -27,20 +27,6 @@ BOX = 6.2  # 8 waters on a 2x2x2 lattice of 3.1 Å: 1.0 g/cm³
 OH = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_fresh_log_handler():
-    import logging
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = logging.getLogger("maskpot")
-    saved = root.handlers[:]
-    root.handlers.clear()  # the training CLI adds a handler on this test's (captured) stderr
-    yield
-    root.handlers[:] = saved
-    torch.set_num_threads(n)
-
-
 def water_frames(n_frames: int = 6, seed: int = 0, periodic: bool = True) -> List[Sample]:
     """Lattice water (8 molecules, 6.2 Å box), small random displacements, plausible labels."""
     rng = np.random.default_rng(seed)
