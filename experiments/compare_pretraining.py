@@ -96,18 +96,24 @@ class DatasetPlan:
     pretrain_file: Path = Path()
     mask_objective: List[str] = field(default_factory=list)
     n_test: int = 0
+    # pretraining file layout when it does not come from pool + val of ``labelled`` (tip3p-traj)
+    pretrain_n_train: Optional[int] = None
+    pretrain_n_val: Optional[int] = None
+    sources: Dict[str, Any] = field(default_factory=dict)
 
 
 def parse_dataset(spec: str) -> Tuple[str, str]:
-    """``water-dft`` | ``tip3p`` | ``rmd17:<molecule>`` -> (kind, name)."""
+    """``water-dft`` | ``tip3p`` | ``tip3p-traj`` | ``rmd17:<molecule>`` -> (kind, name)."""
     if spec in ("water-dft", "tip3p"):
         return "water", spec
+    if spec == "tip3p-traj":
+        return "water-traj", spec
     if spec.startswith("rmd17:"):
         mol = spec.split(":", 1)[1]
         if mol not in RMD17_MOLECULES:
             raise ValueError(f"--dataset {spec}: unknown rMD17 molecule {mol!r} (one of {', '.join(RMD17_MOLECULES)})")
         return "rmd17", spec
-    raise ValueError(f"--dataset {spec!r}: expected water-dft, tip3p or rmd17:<molecule>")
+    raise ValueError(f"--dataset {spec!r}: expected water-dft, tip3p, tip3p-traj or rmd17:<molecule>")
 
 
 def _generate_tip3p(out: Path, args: argparse.Namespace) -> Path:
@@ -138,6 +144,8 @@ def plan_dataset(args: argparse.Namespace, out: Path) -> DatasetPlan:
     kind, name = parse_dataset(args.dataset)
     root = Path(args.data_root)
     rng = np.random.default_rng(args.data_seed)
+    if kind == "water-traj":
+        return _plan_water_traj(args, out, name)
     if kind == "rmd17":
         mol = name.split(":", 1)[1]
         labelled = root / "rmd17" / f"rmd17_{mol}_train_01.npz"
@@ -187,6 +195,41 @@ def plan_dataset(args: argparse.Namespace, out: Path) -> DatasetPlan:
     assert not set(plan.pool_idx) & set(plan.val_idx) and not set(plan.pool_idx) & set(plan.test_idx)
     plan.pretrain_file = write_unlabelled_pool(plan, out)
     return plan
+
+
+def _plan_water_traj(args: argparse.Namespace, out: Path, name: str) -> DatasetPlan:
+    """tip3p-traj: pool, labelled and test frames from different TIP3P trajectories
+    (experiments/water_sources.py); validation = the labelled trajectory's last ``--val`` frames."""
+    ws = _load_sibling("water_sources")
+    if max(args.labels) > args.labelled_pool:
+        raise ValueError(f"--labels {max(args.labels)} exceeds --labelled-pool {args.labelled_pool}")
+    src = ws.build_sources(out, args)
+    pool, val = ws.labelled_split(args)
+    configs = {"scratch": CONFIGS / "water_scratch.yaml", "finetune": CONFIGS / "water_finetune.yaml",
+               "mask": CONFIGS / "water_pretrain_mask.yaml", "denoise": CONFIGS / "water_pretrain_denoise.yaml"}
+    n_test = args.test_frames or 100
+    plan = DatasetPlan(name=name, kind="water-traj", labelled=src["labelled"], test_path=src["test"],
+                       n_frames=args.labelled_pool + args.val, pool_idx=pool, val_idx=val,
+                       test_idx=np.zeros(0, dtype=np.int64), configs=configs, n_test=n_test,
+                       pretrain_n_train=src["n_pretrain_train"], pretrain_n_val=src["n_pretrain_val"],
+                       sources={"pool_trajectories": [str(p) for p in src["pool_paths"]],
+                                "labelled_trajectory": str(src["labelled"]), "test_trajectory": str(src["test"]),
+                                "trajectory_seeds": src["seeds"],
+                                "frame_spacing_ps": args.tip3p_every * 0.5e-3,
+                                "molecules": args.tip3p_molecules, "box_A": args.tip3p_box})
+    plan.pretrain_file = src["pretrain_file"]
+    return plan
+
+
+def _load_sibling(name: str) -> Any:
+    """Another module of experiments/, loaded by path (this script runs as a file)."""
+    key = f"maskpot_experiments_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[key]
 
 
 def write_unlabelled_pool(plan: DatasetPlan, out: Path) -> Path:
@@ -258,15 +301,31 @@ def model_overrides(args: argparse.Namespace, plan: DatasetPlan) -> List[str]:
             f"model.num_layers={args.layers}", f"model.cutoff={cutoff}", *extra]
 
 
+def pretrain_seed_for(args: argparse.Namespace, seed: int) -> int:
+    """The pretraining run a fine-tuning seed starts from (its own, or the one shared seed)."""
+    pseeds = list(getattr(args, "pretrain_seeds", None) or args.seeds)
+    if len(pseeds) == 1:
+        return pseeds[0]
+    if seed not in pseeds:
+        raise ValueError(f"fine-tuning seed {seed} has no pretraining run (--pretrain-seeds {pseeds})")
+    return seed
+
+
 def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Run]:
+    """Pretraining runs first, then fine-tuning ordered by N, seed, strategy (so that an
+    interrupted grid holds complete seeds of the smallest N first)."""
     runs: List[Run] = []
-    n_pre = len(plan.pool_idx) + len(plan.val_idx)
+    n_tr = plan.pretrain_n_train if plan.pretrain_n_train is not None else len(plan.pool_idx)
+    n_va = plan.pretrain_n_val if plan.pretrain_n_val is not None else len(plan.val_idx)
+    n_pre = n_tr + n_va
     pre_split = out / "splits" / "pretrain.npz"
-    pre_counts = _write_splits(pre_split, n_pre, np.arange(len(plan.pool_idx)),
-                               np.arange(len(plan.pool_idx), n_pre), np.zeros(0, dtype=np.int64), args.data_seed)
+    pre_counts = _write_splits(pre_split, n_pre, np.arange(n_tr), np.arange(n_tr, n_pre),
+                               np.zeros(0, dtype=np.int64), args.data_seed)
     common_model = model_overrides(args, plan)
     threads = [f"train.num_threads={args.threads}"] if args.threads else []
-    for seed in args.seeds:
+    patience = int(getattr(args, "patience", 0) or 0)
+    pseeds = list(getattr(args, "pretrain_seeds", None) or args.seeds)
+    for seed in pseeds:
         pre_train = [
             f"train.epochs={args.pretrain_epochs}", f"train.batch_size={args.pretrain_batch_size}",
             f"train.eval_batch_size={args.eval_batch_size}", f"train.lr={args.pretrain_lr}",
@@ -288,7 +347,8 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
                             [f"task={strat}", *obj, *data, *common_model, *pre_train,
                              "output.progress=false", "output.plot=false", f"output.dir={out / 'runs' / name}"],
                             out / "runs" / name))
-        for n_label in args.labels:
+    for n_label in args.labels:
+        for seed in args.seeds:
             train_idx = labelled_subset(plan, seed, n_label)
             split = out / "splits" / f"finetune_n{n_label}_s{seed}.npz"
             counts = _write_splits(split, plan.n_frames, train_idx, plan.val_idx, plan.test_idx, args.data_seed)
@@ -302,7 +362,7 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
                 f"train.epochs={args.finetune_epochs}", f"train.batch_size={args.batch_size}",
                 f"train.eval_batch_size={args.eval_batch_size}", f"train.lr={args.lr}", f"train.min_lr={args.lr / 100}",
                 "train.scheduler=cosine", "train.warmup_epochs=0", f"train.ema_decay={args.ema}",
-                "train.early_stopping_patience=0", f"train.seed={seed}", *threads,
+                f"train.early_stopping_patience={patience}", f"train.seed={seed}", *threads,
                 "init.reset_heads=false", "init.freeze_encoder=false", "init.use_ema=true",
                 "output.progress=false", "output.plot=false",
             ]
@@ -312,7 +372,7 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
                     ov = [*ft, *common_model, "init.checkpoint=null"]
                     dep = None
                 else:
-                    dep = f"pretrain_{strat}_s{seed}"
+                    dep = f"pretrain_{strat}_s{pretrain_seed_for(args, seed)}"
                     ov = [*ft, f"init.checkpoint={out / 'runs' / dep / 'best.pt'}"]
                 runs.append(Run(name, "finetune", strat, seed, n_label, plan.configs["finetune"],
                                 [*ov, f"output.dir={out / 'runs' / name}"], out / "runs" / name, dep))
@@ -426,7 +486,10 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
     by: Dict[str, Dict[str, Any]] = {}
     for n_label in args.labels:
         for strat in args.strategies:
-            rs = [r for r in runs if r.stage == "finetune" and r.n_label == n_label and r.strategy == strat]
+            rs = [r for r in runs if r.stage == "finetune" and r.n_label == n_label and r.strategy == strat
+                  and r.name in results]  # --summary-only: the finished runs only
+            if not rs:
+                continue
             em = [results[r.name]["energy_mae_meV_per_atom"] for r in rs]
             fm = [results[r.name]["force_mae_meV_per_A"] for r in rs]
             curves = [read_curve(r.dir) for r in rs]
@@ -441,20 +504,30 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
                 "energy_rmse_meV_per_atom_per_seed": [results[r.name].get("energy_rmse_meV_per_atom") for r in rs],
                 "force_rmse_meV_per_A_per_seed": [results[r.name].get("force_rmse_meV_per_A") for r in rs],
                 "best_epoch_per_seed": [rj.get("summary", {}).get("best_epoch") for rj in run_json],
+                "epochs_done_per_seed": [rj.get("summary", {}).get("epochs_done") for rj in run_json],
+                "stop_reason_per_seed": [rj.get("summary", {}).get("stop_reason") for rj in run_json],
+                "seeds": [r.seed for r in rs],
+                # energy offset (mean error) and the error with it removed, per atom
+                "energy_mean_error_meV_per_atom_per_seed": [_per_atom(results[r.name], "energy_mean_error_meV") for r in rs],
+                "energy_rmse_centred_meV_per_atom_per_seed": [_per_atom(results[r.name], "energy_rmse_centred_meV")
+                                                              for r in rs],
+                "wall_s_per_seed": [results[r.name].get("wall_s") for r in rs],
                 "val_force_mae_curve_mean": arr.mean(0).tolist(),
                 "val_force_mae_curve_std": (arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(L)).tolist(),
                 "runs": [r.name for r in rs],
             }
-        _add_vs_scratch(args, runs, results, n_label, by[str(n_label)])
+        if str(n_label) in by:
+            _add_vs_scratch(args, runs, results, n_label, by[str(n_label)])
     pre = {}
     for strat in ("mask", "denoise"):
-        rs = [r for r in runs if r.stage == "pretrain" and r.strategy == strat]
+        rs = [r for r in runs if r.stage == "pretrain" and r.strategy == strat and r.name in results]
         if not rs:
             continue
         key = "val_mean_cosine" if strat == "mask" else "val_vector_rmse"
         first = [read_curve(r.dir, key)[0] for r in rs]
         last = [read_curve(r.dir, key)[-1] for r in rs]
         pre[strat] = {"metric": key, "first_epoch": first, "last_epoch": last,
+                      "curve_per_seed": [read_curve(r.dir, key) for r in rs], "seeds": [r.seed for r in rs],
                       "geometry_baseline": [_geometry_baseline(r) for r in rs],
                       "wall_s": [results[r.name].get("wall_s") for r in rs]}
     return {
@@ -466,7 +539,10 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
         "seeds": list(args.seeds),
         "labels": list(args.labels),
         "strategies": list(args.strategies),
+        "out_name": Path(args.out).name if args.out else "",
         "sizes": {"pool_unlabelled": int(len(plan.pool_idx)), "val": int(len(plan.val_idx)), "test": int(plan.n_test),
+                  "pretrain_train": plan.pretrain_n_train if plan.pretrain_n_train is not None else int(len(plan.pool_idx)),
+                  "pretrain_val": plan.pretrain_n_val if plan.pretrain_n_val is not None else int(len(plan.val_idx)),
                   "test_source": str(plan.test_path) if plan.test_path else f"{len(plan.test_idx)} held-out frames of {plan.labelled}"},
         "budgets": {"pretrain_epochs": args.pretrain_epochs, "pretrain_batch_size": args.pretrain_batch_size,
                     "pretrain_lr": args.pretrain_lr, "finetune_epochs": args.finetune_epochs,
@@ -475,9 +551,20 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
         "std": "sample standard deviation over seeds (ddof=1)",
         "results": by,
         "pretraining": pre,
+        "pretrain_seeds": list(getattr(args, "pretrain_seeds", None) or args.seeds),
+        "patience": int(getattr(args, "patience", 0) or 0),
+        "sources": plan.sources,
         "wall_s": wall_s,
         "run_wall_s": {k: v.get("wall_s") for k, v in results.items()},
     }
+
+
+def _per_atom(res: Dict[str, Any], key: str) -> Optional[float]:
+    """A per-frame energy metric (meV) of test_metrics.json divided by the atoms per frame."""
+    v, mae, mae_pa = res.get(key), res.get("energy_mae_meV"), res.get("energy_mae_meV_per_atom")
+    if v is None or not mae or not mae_pa:
+        return None
+    return float(v) * float(mae_pa) / float(mae)
 
 
 def _geometry_baseline(run: Run) -> Optional[Dict[str, float]]:
@@ -510,19 +597,26 @@ def _add_vs_scratch(args: argparse.Namespace, runs: Sequence[Run], results: Dict
     if "scratch" not in args.strategies:
         return
     st = _load_stats()
-    ft = {(r.strategy, r.seed): r for r in runs if r.stage == "finetune" and r.n_label == n_label}
+    ft = {(r.strategy, r.seed): r for r in runs if r.stage == "finetune" and r.n_label == n_label and r.name in results}
     seeds = sorted(s for (strat, s) in ft if strat == "scratch")
     for strat in args.strategies:
+        if strat not in by_n:
+            continue
         rs = {s: ft[(strat, s)] for s in seeds if (strat, s) in ft}
         entry: Dict[str, Any] = {
             "epochs_to_scratch_final_val_force_per_seed": [
                 st.epochs_to_scratch_final(rs[s].dir, ft[("scratch", s)].dir) for s in sorted(rs)
             ],
         }
-        if strat != "scratch":
+        if strat != "scratch" and rs:
             for key in ("force_mae_meV_per_A", "energy_mae_meV_per_atom"):
                 entry[key] = st.paired_differences({s: results[rs[s].name][key] for s in rs},
                                                    {s: results[ft[("scratch", s)].name][key] for s in rs})
+            key = "energy_rmse_centred_meV"
+            if all(results[x.name].get(key) is not None for x in [*rs.values(), *(ft[("scratch", s)] for s in rs)]):
+                entry["energy_rmse_centred_meV_per_atom"] = st.paired_differences(
+                    {s: _per_atom(results[rs[s].name], key) for s in rs},
+                    {s: _per_atom(results[ft[("scratch", s)].name], key) for s in rs})
         by_n[strat]["vs_scratch"] = entry
 
 
@@ -537,7 +631,7 @@ def plot(summary: Dict[str, Any], out: Path) -> None:
     labels = summary["labels"]
     fig, axes = plt.subplots(1, len(labels), figsize=(4.8 * len(labels), 3.8), squeeze=False)
     for ax, n in zip(axes[0], labels):
-        for strat, res in summary["results"][str(n)].items():
+        for strat, res in summary["results"].get(str(n), {}).items():
             m, s = np.array(res["val_force_mae_curve_mean"]), np.array(res["val_force_mae_curve_std"])
             ep = np.arange(1, len(m) + 1)
             ax.plot(ep, m, color=colors.get(strat), label=strat)
@@ -556,9 +650,10 @@ def plot(summary: Dict[str, Any], out: Path) -> None:
     for ax, key, ylabel in ((axes[0], "energy_mae_meV_per_atom", "test energy MAE (meV/atom)"),
                             (axes[1], "force_mae_meV_per_A", "test force MAE (meV/Å)")):
         for strat in summary["strategies"]:
-            m = [summary["results"][str(n)][strat][key]["mean"] for n in labels]
-            s = [summary["results"][str(n)][strat][key]["std"] for n in labels]
-            ax.errorbar(labels, m, yerr=s, marker="o", capsize=3, color=colors.get(strat), label=strat)
+            ns = [n for n in labels if strat in summary["results"].get(str(n), {})]
+            m = [summary["results"][str(n)][strat][key]["mean"] for n in ns]
+            s = [summary["results"][str(n)][strat][key]["std"] for n in ns]
+            ax.errorbar(ns, m, yerr=s, marker="o", capsize=3, color=colors.get(strat), label=strat)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(labels)
@@ -681,6 +776,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tip3p-molecules", type=int, default=32)
     p.add_argument("--tip3p-box", type=float, default=9.86)
     p.add_argument("--tip3p-frames", type=int, default=200)
+    w = p.add_argument_group("tip3p-traj (separate trajectories for pool / labelled / test; experiments/water_sources.py)")
+    w.add_argument("--tip3p-every", type=int, default=400, help="MD steps (0.5 fs) between saved frames")
+    w.add_argument("--tip3p-equilibration", type=int, default=10000, help="MD steps before the first frame")
+    w.add_argument("--pool-trajectories", type=int, default=4, help="independent pretraining-pool trajectories")
+    w.add_argument("--pool-frames", type=int, default=256, help="pretraining frames per pool trajectory")
+    w.add_argument("--pool-val-frames", type=int, default=16,
+                   help="pretext-validation frames per pool trajectory (its last frames)")
+    w.add_argument("--labelled-pool", type=int, default=256,
+                   help="candidate fine-tuning frames of the labelled trajectory (the nested subsets' pool)")
+    w.add_argument("--pretrain-seeds", type=int, nargs="+", default=None,
+                   help="pretraining seeds (default: one pretraining run per fine-tuning seed); with one value, "
+                        "every fine-tuning seed starts from that seed's checkpoint")
+    w.add_argument("--patience", type=int, default=0,
+                   help="fine-tuning early stopping: epochs without a lower validation loss (0 = off)")
+    w.add_argument("--data-only", action="store_true", help="generate / check the data, then stop")
+    p.add_argument("--summary-only", action="store_true",
+                   help="train nothing: summary.json, plots and tables from the runs finished so far")
     p.add_argument("--results-md", default=str(REPO / "experiments" / "RESULTS.md"),
                    help="markdown file the results table is appended to ('' = none)")
     p.add_argument("--no-progress", action="store_true")
@@ -704,6 +816,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = " ".join(["python experiments/compare_pretraining.py", *(shlex.quote(a) for a in argv)])
 
     plan = plan_dataset(args, out)
+    if args.data_only:
+        log.info("--data-only: data ready in %s", out / "data")
+        return 0
     runs = plan_runs(args, plan, out)
     cfgs = {r.name: resolve(r) for r in runs}
     check_identical_budgets(cfgs, runs)
@@ -723,6 +838,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     results: Dict[str, Dict[str, Any]] = {}
     bar = tqdm(runs, desc="runs", unit="run", disable=not progress_wanted(not args.no_progress), dynamic_ncols=True)
+    if args.summary_only:  # tables from the finished runs' saved metrics; nothing is trained
+        bar = []
+        for r in runs:
+            if (r.dir / "test_metrics.json").is_file():
+                res = {"skipped": True, **json.loads((r.dir / "test_metrics.json").read_text())}
+                if (r.dir / "wall_time.json").is_file():
+                    res["wall_s"] = json.loads((r.dir / "wall_time.json").read_text())["wall_s"]
+                results[r.name] = res
     for r in bar:
         bar.set_postfix_str(r.name)
         if r.depends and not (out / "runs" / r.depends / "best.pt").is_file():
@@ -736,8 +859,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      res["force_mae_meV_per_A"], " (done earlier)" if res.get("skipped") else "")
     wall = time.time() - t_start
     summary = summarise(args, plan, runs, results, wall, command)
+    summary["runs_planned"], summary["runs_finished"] = len(runs), len(results)
+    summary["summary_only"] = bool(args.summary_only)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(summary, out)
+    if plan.kind == "water-traj":
+        ws = _load_sibling("water_sources")
+        table = ws.markdown(summary, _load_stats(), out)
+        print("\n" + table)
+        if args.results_md:
+            ws.write_block(Path(args.results_md), summary, table)
+        log.info("done in %.1f min: %s", wall / 60, out)
+        return 0
     table = markdown(summary)
     print("\n" + table)
     if args.results_md:

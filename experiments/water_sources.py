@@ -1,0 +1,232 @@
+"""Separate-source TIP3P water for ``compare_pretraining.py --dataset tip3p-traj`` (issue 12, item 2).
+
+Three kinds of independent flexible-TIP3P OpenMM trajectories (maskpot.data.tip3p; each seed has
+its own lattice, orientations, velocities and Langevin noise), frames ``--tip3p-every`` MD steps
+apart (default 400 x 0.5 fs = 0.2 ps):
+
+* **pretraining pool**: ``--pool-trajectories`` trajectories of ``--pool-frames`` frames each
+  (+ ``--pool-val-frames`` more per trajectory, the last ones, for the pretext validation);
+  written WITHOUT energies/forces to ``OUT/data/pretrain_unlabelled.npz``;
+* **labelled**: one more trajectory of ``--labelled-pool + --val`` frames: the first
+  ``--labelled-pool`` frames are the candidates of the nested fine-tuning subsets (a
+  seed-dependent permutation, first N), the last ``--val`` frames (a contiguous block later in
+  time) are the fine-tuning validation set;
+* **test**: a third kind, one trajectory of ``--test-frames`` frames.
+
+Every trajectory is cached as ``OUT/data/traj_<role>_<seed>.npz`` (with its generation parameters;
+a cached file made with other parameters is an error), so an interrupted generation resumes at
+trajectory granularity.
+
+Trajectory seeds (OpenMM / lattice seeds): pool ``1000 * (data_seed + 1) + k`` (k = 0..K-1),
+labelled ``1000 * (data_seed + 1) + 500``, test ``1000 * (data_seed + 1) + 600``: all distinct.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+log = logging.getLogger("compare_pretraining")
+
+
+def trajectory_seeds(data_seed: int, n_pool: int) -> Dict[str, Any]:
+    base = 1000 * (int(data_seed) + 1)
+    if n_pool > 500:
+        raise ValueError(f"--pool-trajectories {n_pool}: at most 500")
+    return {"pool": [base + k for k in range(n_pool)], "labelled": base + 500, "test": base + 600}
+
+
+def _gen_params(args: Any, n_frames: int) -> Dict[str, Any]:
+    return {"n_molecules": int(args.tip3p_molecules), "box": float(args.tip3p_box), "n_frames": int(n_frames),
+            "every": int(args.tip3p_every), "equilibration_steps": int(args.tip3p_equilibration),
+            "temperature": 300.0, "flexible": True}
+
+
+def trajectory(out: Path, args: Any, role: str, seed: int, n_frames: int) -> Path:
+    """One cached TIP3P trajectory (labelled frames, Å / eV / eV/Å)."""
+    from maskpot.data.tip3p import generate_tip3p, save_tip3p_npz
+
+    path = out / "data" / f"traj_{role}_{seed}.npz"
+    params = _gen_params(args, n_frames)
+    if path.is_file():
+        with np.load(path) as z:
+            meta = json.loads(str(z["metadata"]))
+        if meta.get("experiment_params") != params:
+            raise RuntimeError(f"{path} was generated with {meta.get('experiment_params')}, not {params}: use another --out")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("generating TIP3P %s trajectory (seed %d): %d molecules, %.2f Å, %d frames every %d steps",
+             role, seed, args.tip3p_molecules, args.tip3p_box, n_frames, args.tip3p_every)
+    data = generate_tip3p(n_molecules=args.tip3p_molecules, box=args.tip3p_box, n_frames=n_frames,
+                          every=args.tip3p_every, seed=seed, equilibration_steps=args.tip3p_equilibration,
+                          platform="CPU", threads=1, deterministic=True, progress=False)
+    data["metadata"] = dict(data["metadata"], experiment_params=params, role=role)
+    save_tip3p_npz(path, data)
+    return path
+
+
+def build_sources(out: Path, args: Any) -> Dict[str, Any]:
+    """Generate (or reuse) every trajectory and write the three experiment files:
+    ``pretrain_unlabelled.npz`` (pool train frames then pool val frames, no labels),
+    ``labelled.npz`` (the labelled trajectory), ``test.npz`` (the test trajectory).
+
+    Returns paths, sizes, and the trajectory seeds."""
+    from maskpot.data.io import read_dataset, write_npz
+
+    seeds = trajectory_seeds(args.data_seed, args.pool_trajectories)
+    per = args.pool_frames + args.pool_val_frames
+    pool_paths = [trajectory(out, args, "pool", s, per) for s in seeds["pool"]]
+    lab_path = trajectory(out, args, "labelled", seeds["labelled"], args.labelled_pool + args.val)
+    test_path = trajectory(out, args, "test", seeds["test"], args.test_frames or 100)
+
+    pre = out / "data" / "pretrain_unlabelled.npz"
+    if not pre.is_file():
+        train: List[Any] = []
+        val: List[Any] = []
+        for p in pool_paths:
+            frames = read_dataset(p)
+            train += [s.copy(energy=None, forces=None) for s in frames[: args.pool_frames]]
+            val += [s.copy(energy=None, forces=None) for s in frames[args.pool_frames:]]
+        assert all(s.energy is None and s.forces is None for s in train + val)
+        write_npz(pre, train + val, metadata={
+            "labels": "removed (pretraining input)", "pool_trajectory_seeds": seeds["pool"],
+            "sources": [str(p) for p in pool_paths], "n_train": len(train), "n_val": len(val),
+            "frames_per_trajectory": {"train": args.pool_frames, "val": args.pool_val_frames},
+        })
+    return {"pool_paths": pool_paths, "labelled": lab_path, "test": test_path, "pretrain_file": pre,
+            "seeds": seeds, "n_pretrain_train": args.pool_frames * args.pool_trajectories,
+            "n_pretrain_val": args.pool_val_frames * args.pool_trajectories}
+
+
+def labelled_split(args: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """(pool, val) indices into the labelled trajectory: the first ``--labelled-pool`` frames, the
+    last ``--val`` frames."""
+    pool = np.arange(args.labelled_pool, dtype=np.int64)
+    val = np.arange(args.labelled_pool, args.labelled_pool + args.val, dtype=np.int64)
+    return pool, val
+
+
+# ------------------------------------------------------------------------------------------
+# tables (from summary.json only)
+# ------------------------------------------------------------------------------------------
+def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
+    key = f"{summary['out_name']}:lr{summary['budgets']['finetune_lr']:g}"
+    return (f"<!-- compare_pretraining tip3p-traj {key} begin (generated from summary.json) -->",
+            f"<!-- compare_pretraining tip3p-traj {key} end -->")
+
+
+def write_block(md: Path, summary: Dict[str, Any], table: str) -> None:
+    """Replace this experiment's generated block of ``md`` (or append it): reruns and partial
+    summaries update the same section instead of appending copies."""
+    from maskpot.utils import atomic_write_text, replace_marked_block
+
+    begin, end = block_markers(summary)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    if md.is_file() and replace_marked_block(md, begin, end, table):
+        return
+    old = md.read_text() if md.is_file() else ""
+    atomic_write_text(md, old.rstrip("\n") + "\n\n" + begin + "\n" + table.strip("\n") + "\n" + end + "\n")
+
+
+def _fmt(values: List[Any], digits: int) -> str:
+    a = np.array([float(v) for v in values if v is not None], dtype=float)
+    if a.size == 0:
+        return "n/a"
+    if a.size == 1:
+        return f"{a[0]:.{digits}f}"
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
+
+
+def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
+    m, b, z, src = summary["model"], summary["budgets"], summary["sizes"], summary.get("sources", {})
+    seeds = summary["seeds"]
+    pre = summary.get("pretraining", {})
+    lines = [
+        f"### TIP3P water, separate trajectories — {m['name']} {m['hidden_channels']}x{m['num_layers']}, cutoff "
+        f"{m['cutoff']} Å, fine-tuning lr {b['finetune_lr']:g} (seeds {seeds})",
+        "",
+        f"Generated {summary['date']} from `{out}/summary.json` by `{summary['command']}`"
+        + (" (`--summary-only` over the runs finished so far)" if summary.get("summary_only") else "")
+        + f"; {summary.get('runs_finished', '?')} of {summary.get('runs_planned', '?')} runs finished.",
+        "",
+        f"Data (flexible TIP3P, OpenMM, 300 K, {src.get('molecules')} H2O in a {src.get('box_A')} Å box, frames "
+        f"{src.get('frame_spacing_ps', float('nan')):.2f} ps apart): pretraining pool "
+        f"{z.get('pretrain_train', '?')} unlabelled frames from {len(src.get('pool_trajectories', []))} independent "
+        f"trajectories (+ {z.get('pretrain_val', '?')} pretext-validation frames, the last of each); labelled "
+        f"frames from a different trajectory (nested random subsets of its first {z['pool_unlabelled']} frames); "
+        f"validation {z['val']} frames (the same trajectory's last frames, disjoint); test {z['test']} frames from a "
+        f"third trajectory. Trajectory seeds {src.get('trajectory_seeds')}.",
+        "",
+        f"Pretraining: {b['pretrain_epochs']} epochs, batch {b['pretrain_batch_size']}, lr {b['pretrain_lr']:g} cosine → "
+        f"{b['pretrain_lr'] / 100:g}, pretraining seed(s) {summary.get('pretrain_seeds')} (shared by every fine-tuning "
+        f"seed when one); denoise σ = 0.2 Å (predict the noise), mask = one H removed in half of the molecules. "
+        f"Fine-tuning: at most {b['finetune_epochs']} epochs, batch {b['finetune_batch_size']}, lr {b['finetune_lr']:g} "
+        f"cosine → {b['finetune_lr'] / 100:g}, EMA {b['ema_decay']}, early stopping after {summary.get('patience')} epochs "
+        f"without a lower validation loss (L1, energy/atom weight 1 + forces weight 500: force-dominated); test errors "
+        f"of `best.pt` (lowest validation loss). {b['threads'] or 'default'} torch thread per run on a shared 2-core "
+        f"CPU. Total wall time of the runs: {sum(v for v in summary.get('run_wall_s', {}).values() if v) / 60:.1f} min.",
+        "",
+        "| N labels | arm | seeds | test F MAE (meV/Å) | test E MAE (meV/atom) | E mean offset (meV/atom) "
+        "| E RMSE, offset removed (meV/atom) | best epoch / epochs run | wall per run (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for n in summary["labels"]:
+        for strat in summary["strategies"]:
+            r = summary["results"].get(str(n), {}).get(strat)
+            if r is None:
+                continue
+            be = ", ".join(f"{x}/{y}" for x, y in zip(r["best_epoch_per_seed"], r.get("epochs_done_per_seed", [])))
+            lines.append(
+                f"| {n} | {strat} | {len(r['force_mae_meV_per_A_per_seed'])} | {_fmt(r['force_mae_meV_per_A_per_seed'], 1)} "
+                f"| {_fmt(r['energy_mae_meV_per_atom_per_seed'], 3)} "
+                f"| {_fmt(r.get('energy_mean_error_meV_per_atom_per_seed', []), 3)} "
+                f"| {_fmt(r.get('energy_rmse_centred_meV_per_atom_per_seed', []), 3)} | {be} "
+                f"| {_fmt(r.get('wall_s_per_seed', []), 0)} |")
+    lines += [
+        "",
+        "Paired by seed against scratch (same labelled subset, splits and fine-tuning seed): mean difference "
+        "[95 % t interval] (negative = lower error than scratch), relative to scratch's mean, seeds better than "
+        "scratch; epochs each seed needs to reach its scratch run's final (last-epoch) validation force MAE "
+        "(— = never).",
+        "",
+        "| N labels | arm | Δ test F MAE (meV/Å) | Δ F (%) | seeds better | Δ test E MAE (meV/atom) "
+        "| Δ E RMSE offset removed (meV/atom) | epochs to scratch's final val F | scratch's epochs run |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for n in summary["labels"]:
+        res = summary["results"].get(str(n), {})
+        sc = res.get("scratch")
+        for strat in summary["strategies"]:
+            v = res.get(strat, {}).get("vs_scratch")
+            if v is None or strat == "scratch" or "force_mae_meV_per_A" not in v:
+                continue
+            f = v["force_mae_meV_per_A"]
+            rel = 100 * f["relative_mean"]
+            rel_lo = 100 * f["low"] / f["reference_mean"] if f["n"] > 1 else float("nan")
+            rel_hi = 100 * f["high"] / f["reference_mean"] if f["n"] > 1 else float("nan")
+            ec = v.get("energy_rmse_centred_meV_per_atom")
+            ep = ", ".join("—" if x is None else str(x) for x in v["epochs_to_scratch_final_val_force_per_seed"])
+            lines.append(
+                f"| {n} | {strat} | {st.format_ci(f, 1)} | {rel:+.1f} [{rel_lo:+.1f}, {rel_hi:+.1f}] "
+                f"| {f['n_lower']}/{f['n']} | {st.format_ci(v['energy_mae_meV_per_atom'], 3)} "
+                f"| {st.format_ci(ec, 3) if ec else 'n/a'} | {ep} "
+                f"| {', '.join(str(x) for x in (sc or {}).get('epochs_done_per_seed', []))} |")
+    for strat, p in pre.items():
+        curves = [c for c in p.get("curve_per_seed", []) if c]
+        if not curves:
+            continue
+        L = min(len(c) for c in curves)
+        mean = np.mean([c[:L] for c in curves], axis=0)
+        base = [x for x in p.get("geometry_baseline") or [] if x]
+        bkey = "mean_cosine" if strat == "mask" else "vector_rmse"
+        btxt = (f"; geometry-only rule {np.mean([x[bkey] for x in base]):.3f}" if base and all(bkey in x for x in base)
+                else "")
+        wall = [w for w in p.get("wall_s", []) if w]
+        lines += ["", f"Pretraining {strat}, validation {p['metric']} per epoch: "
+                  + " → ".join(f"{x:.3f}" for x in mean) + btxt
+                  + (f"; wall {np.mean(wall) / 60:.1f} min per run." if wall else ".")]
+    return "\n".join(lines) + "\n"
