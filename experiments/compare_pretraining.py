@@ -311,6 +311,15 @@ def pretrain_seed_for(args: argparse.Namespace, seed: int) -> int:
     return seed
 
 
+def finetune_epochs(args: argparse.Namespace, n_label: int) -> int:
+    """--finetune-epochs, or with --finetune-steps S the epochs that give about S optimiser steps
+    at N labels (ceil(S / ceil(N / batch)))."""
+    steps = int(getattr(args, "finetune_steps", 0) or 0)
+    if steps <= 0:
+        return int(args.finetune_epochs)
+    return max(1, math.ceil(steps / math.ceil(n_label / args.batch_size)))
+
+
 def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Run]:
     """Pretraining runs first, then fine-tuning ordered by N, seed, strategy (so that an
     interrupted grid holds complete seeds of the smallest N first)."""
@@ -359,7 +368,7 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
                 f"data.splits={_yaml_flow(counts)}", f"data.split_file={split}", f"data.seed={args.data_seed}",
                 "objective.energy_weight=1.0", "objective.force_weight=500.0", "objective.loss_kind=l1",
                 "objective.per_atom_energy=true",
-                f"train.epochs={args.finetune_epochs}", f"train.batch_size={args.batch_size}",
+                f"train.epochs={finetune_epochs(args, n_label)}", f"train.batch_size={args.batch_size}",
                 f"train.eval_batch_size={args.eval_batch_size}", f"train.lr={args.lr}", f"train.min_lr={args.lr / 100}",
                 "train.scheduler=cosine", "train.warmup_epochs=0", f"train.ema_decay={args.ema}",
                 f"train.early_stopping_patience={patience}", f"train.seed={seed}", *threads,
@@ -546,6 +555,8 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
                   "test_source": str(plan.test_path) if plan.test_path else f"{len(plan.test_idx)} held-out frames of {plan.labelled}"},
         "budgets": {"pretrain_epochs": args.pretrain_epochs, "pretrain_batch_size": args.pretrain_batch_size,
                     "pretrain_lr": args.pretrain_lr, "finetune_epochs": args.finetune_epochs,
+                    "finetune_epochs_per_n": {str(n): finetune_epochs(args, n) for n in args.labels},
+                    "finetune_steps": int(getattr(args, "finetune_steps", 0) or 0),
                     "finetune_batch_size": args.batch_size, "finetune_lr": args.lr, "ema_decay": args.ema,
                     "threads": args.threads},
         "std": "sample standard deviation over seeds (ddof=1)",
@@ -788,6 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--pretrain-seeds", type=int, nargs="+", default=None,
                    help="pretraining seeds (default: one pretraining run per fine-tuning seed); with one value, "
                         "every fine-tuning seed starts from that seed's checkpoint")
+    w.add_argument("--finetune-steps", type=int, default=0,
+                   help="fine-tuning budget in optimiser steps, the same for every N (epochs = steps / batches "
+                        "per epoch); 0: --finetune-epochs for every N")
     w.add_argument("--patience", type=int, default=0,
                    help="fine-tuning early stopping: epochs without a lower validation loss (0 = off)")
     w.add_argument("--data-only", action="store_true", help="generate / check the data, then stop")

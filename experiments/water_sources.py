@@ -164,7 +164,11 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
         f"Pretraining: {b['pretrain_epochs']} epochs, batch {b['pretrain_batch_size']}, lr {b['pretrain_lr']:g} cosine → "
         f"{b['pretrain_lr'] / 100:g}, pretraining seed(s) {summary.get('pretrain_seeds')} (shared by every fine-tuning "
         f"seed when one); denoise σ = 0.2 Å (predict the noise), mask = one H removed in half of the molecules. "
-        f"Fine-tuning: at most {b['finetune_epochs']} epochs, batch {b['finetune_batch_size']}, lr {b['finetune_lr']:g} "
+        f"Fine-tuning: at most "
+        + (", ".join(f"{e} epochs at N = {n}" for n, e in b.get("finetune_epochs_per_n", {}).items())
+           + f" (about {b['finetune_steps']} optimiser steps)" if b.get("finetune_steps") else
+           f"{b['finetune_epochs']} epochs")
+        + f", batch {b['finetune_batch_size']}, lr {b['finetune_lr']:g} "
         f"cosine → {b['finetune_lr'] / 100:g}, EMA {b['ema_decay']}, early stopping after {summary.get('patience')} epochs "
         f"without a lower validation loss (L1, energy/atom weight 1 + forces weight 500: force-dominated); test errors "
         f"of `best.pt` (lowest validation loss). {b['threads'] or 'default'} torch thread per run on a shared 2-core "

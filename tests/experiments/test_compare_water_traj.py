@@ -23,7 +23,7 @@ TINY = [
     "--tip3p-molecules", "16", "--tip3p-box", "7.83", "--tip3p-every", "10", "--tip3p-equilibration", "100",
     "--pool-trajectories", "2", "--pool-frames", "4", "--pool-val-frames", "2", "--labelled-pool", "6",
     "--val", "2", "--test-frames", "3", "--labels", "2", "4", "--seeds", "0", "1", "--pretrain-seeds", "0",
-    "--pretrain-epochs", "1", "--finetune-epochs", "2", "--batch-size", "2", "--patience", "1", "--no-progress",
+    "--pretrain-epochs", "1", "--finetune-steps", "4", "--batch-size", "2", "--patience", "1", "--no-progress",
 ]
 
 
@@ -100,6 +100,7 @@ def test_finetuning_splits_and_shared_pretraining(grid) -> None:
                 assert cfg["data"]["test_path"].endswith("traj_test_1600.npz")
                 assert cfg["data"]["path"].endswith("traj_labelled_1500.npz")
                 assert cfg["train"]["early_stopping_patience"] == 1
+                assert cfg["train"]["epochs"] == {2: 4, 4: 2}[n]  # --finetune-steps 4 at batch 2
                 if strat != "scratch":  # every fine-tuning seed starts from pretraining seed 0
                     assert cfg["init"]["checkpoint"].endswith(f"pretrain_{strat}_s0/best.pt")
     assert not (out / "runs" / "pretrain_mask_s1").exists()
