@@ -1,0 +1,487 @@
+"""Accuracy per unit of compute on water: MACE-small and our small models trained on the same
+TIP3P frames with the same recipe and budget, test errors next to the measured cost per call.
+
+    python -m benchmarks.accuracy_per_cost [--data DIR] [--out runs/accuracy_per_cost]
+        [--max-epochs 20] [--cap-min 20] [--rounds 3] [--sizes 648 3000] [--no-write]
+
+Data: the water_box example's labelled and test frames (``examples/water_box/run.py``, seed 0,
+its small defaults: 64 molecules in a 12.42 Å box; 40 frames at each of 300/400/500 K plus 60
+rattled copies labelled by TIP3P, split 0.9/0.1 with seed 0 -> 162 train / 18 val; test: 40
+frames of an independent 300 K trajectory). ``--data DIR`` reuses a folder holding
+``tip3p_labelled.npz`` and ``tip3p_test.npz`` (e.g. ``examples/water_box/output/data`` of a
+``--seed 0`` run); without it the frames are generated here with the example's own code.
+
+Recipe (identical for every model; the example's from-scratch arm, ``configs/water_scratch.yaml``
+with its overrides): L1 loss, energy weight 1, force weight 500; AdamW lr 3e-3 cosine to 1e-5,
+weight decay 1e-4, batch 4, gradient clip 10, EMA 0.99, early stopping patience 6; E0s and the
+energy scale (force RMS) fitted on the training frames before training and the E0s refitted on
+the best (EMA) weights after it. Every model runs in maskpot's ``Trainer`` (MACE through
+:mod:`benchmarks.mace_adapter`), one torch thread.
+
+Budget (the same for every model): at most ``--max-epochs`` epochs (the example's 20) and at
+most ``--cap-min`` minutes of one core for the epochs (training steps, validation, checkpoints),
+counted as process CPU time with one torch thread (other jobs on a shared machine inflate wall
+time, not CPU time; wall times are recorded too). Before
+training, a few steps on a copy of the model estimate the time of one epoch; the cosine
+schedule then spans ``min(max_epochs, cap / epoch time)`` epochs, so a model cut by the cap
+still finishes its schedule; a guard stops it after any epoch that leaves too little time for
+another. ``--equal-epochs`` (on by default) also trains our models for exactly the number of
+epochs the slowest model got (accuracy at equal epochs, not only at equal time).
+
+Cost: ms per energy + forces call at 648 (and 3000) atoms, trained models, timed in one process
+interleaved (:func:`benchmarks.common.interleave`), as in ``benchmarks.bench_peers``: ours as
+TorchScript exports behind ``MaskpotCalculator``; MACE-small's module called directly on a
+prebuilt neighbour list (a lower bound on its cost); OpenMM flexible TIP3P per MD step.
+
+Resumable: every model's folder ends with ``metrics.json``; a finished model is skipped, an
+interrupted one resumes from its ``last.pt`` with the same plan (``plan.json``). Writes
+``OUT/accuracy_per_cost.json``, ``benchmarks/accuracy_per_cost.json`` and the
+``bench:accuracy`` block of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+SUMMARY_JSON = HERE / "accuracy_per_cost.json"
+BLOCK = ("<!-- bench:accuracy -->", "<!-- /bench:accuracy -->")
+
+MACE = "MACE-small"
+#: label -> model spec ("mace" or a maskpot model config).
+MODELS: Dict[str, Any] = {
+    "egnn 64x3 3.5 Å": {"name": "egnn", "hidden_channels": 64, "num_layers": 3, "cutoff": 3.5},
+    "painn 64x2 3.5 Å": {"name": "painn", "hidden_channels": 64, "num_layers": 2, "cutoff": 3.5},
+    MACE: "mace",
+}
+
+#: The water_box example's fine-tuning / from-scratch overrides (examples/water_box/run.py, SMALL).
+RECIPE = ["train.lr=3e-3", "train.min_lr=1e-5", "train.batch_size=4", "train.early_stopping_patience=6",
+          "data.splits={train: 0.9, val: 0.1, test: 0}", "data.seed=0", "train.seed=0", "train.num_threads=1",
+          "output.tensorboard=false", "output.progress=false", "output.plot=false"]
+
+
+# ---------------------------------------------------------------------------------------------
+# budget bookkeeping
+
+
+def plan_epochs(epoch_seconds: float, max_epochs: int, cap_seconds: float) -> int:
+    """Epochs the schedule spans: as many as fit in ``cap_seconds`` (at least 1), at most ``max_epochs``."""
+    if not (epoch_seconds > 0 and math.isfinite(epoch_seconds)):
+        raise ValueError(f"epoch_seconds must be finite and > 0, got {epoch_seconds}")
+    return int(max(1, min(int(max_epochs), math.floor(float(cap_seconds) / float(epoch_seconds)))))
+
+
+class BudgetSpent(Exception):
+    """Raised by :class:`ComputeCap` after an epoch (checkpoints are already written)."""
+
+
+class ComputeCap:
+    """Trainer callback: adds up the compute of each epoch (training steps, validation and
+    checkpoints) on ``clock`` (default: process CPU time, i.e. one core's time with one torch
+    thread, which other jobs on a shared machine do not inflate; ``spent`` carries over a
+    resume) and stops the run once another epoch like the last one would overrun ``cap_seconds``.
+    Call :meth:`start` right before ``Trainer.fit``. ``on_epoch(spent, epochs)`` is called after
+    each epoch (progress file)."""
+
+    def __init__(self, cap_seconds: float, spent: float = 0.0, epochs: int = 0, on_epoch=None,
+                 clock=time.process_time) -> None:
+        self.cap = float(cap_seconds)
+        self.spent = float(spent)
+        self.epochs = int(epochs)
+        self.hit = False
+        self.on_epoch = on_epoch
+        self.clock = clock
+        self.last_epoch = 0.0
+        self._mark: Optional[float] = None
+
+    def start(self) -> None:
+        self._mark = self.clock()
+
+    def __call__(self, trainer: Any, row: Dict[str, Any]) -> None:
+        now = self.clock()
+        self.last_epoch = now - (self._mark if self._mark is not None else now)
+        self._mark = now
+        self.spent += self.last_epoch
+        self.epochs += 1
+        if self.on_epoch is not None:
+            self.on_epoch(self.spent, self.epochs)
+        more = trainer.epoch < int(trainer.t["epochs"])
+        if more and self.spent + self.last_epoch > self.cap:
+            self.hit = True
+            raise BudgetSpent(f"compute cap {self.cap:.0f} s: {self.spent:.0f} s spent after {self.epochs} epochs")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def data_paths(out: Path, data: Optional[Path]) -> Dict[str, Path]:
+    """The labelled and test files: from ``data`` or generated with the example's own code."""
+    if data is not None:
+        paths = {"labelled": Path(data) / "tip3p_labelled.npz", "test": Path(data) / "tip3p_test.npz"}
+        for p in paths.values():
+            if not p.is_file():
+                raise SystemExit(f"--data {data}: {p.name} not found")
+        return paths
+    sys.path.insert(0, str(REPO / "examples" / "water_box"))
+    import run as water_box  # examples/water_box/run.py
+
+    p = dict(water_box.SMALL)
+    p.update(seeds=water_box.seeds_for(0, p), progress=False, threads=1)
+    got = water_box.stage_data(out, p)
+    return {"labelled": got["labelled"], "test": got["test"]}
+
+
+def run_config(paths: Dict[str, Path], out_dir: Path, epochs: int) -> Dict[str, Any]:
+    from maskpot.training.config import load_config
+
+    over = RECIPE + [f"train.epochs={int(epochs)}", f"data.path={paths['labelled']}",
+                     f"data.test_path={paths['test']}", f"output.dir={out_dir}"]
+    return load_config(REPO / "configs" / "water_scratch.yaml", over)
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+def avg_neighbors(samples: Sequence[Any], cutoff: float) -> float:
+    """Mean neighbours per atom within ``cutoff`` over ``samples`` (MACE's avg_num_neighbors)."""
+    from maskpot.data.neighbors import make_neighbor_list
+    from maskpot.data.sample import collate
+
+    nl = make_neighbor_list(cutoff, "auto")
+    b = collate(list(samples))
+    edges = nl(b["positions"], b["cell"], b["pbc"], b["batch"])[0].shape[1]
+    return float(edges) / float(b["positions"].shape[0])
+
+
+def build(spec: Any, train: Sequence[Any], config: Optional[Dict[str, Any]] = None) -> torch.nn.Module:
+    """A fresh model (seed 0). ``config``: a stored model config (resume)."""
+    if spec == "mace":
+        from benchmarks.mace_adapter import mace_small_potential
+
+        ann = (config or {}).get("avg_num_neighbors") or avg_neighbors(train[:16], 5.0)
+        return mace_small_potential(ann, neighbor_backend="auto", seed=0)
+    from maskpot.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(dict(config) if config else {"species": [1, 8], "neighbor_backend": "auto", **spec})
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def estimate_epoch_seconds(model: torch.nn.Module, objective: Any, cfg: Dict[str, Any], train, val,
+                           steps: int = 3) -> Dict[str, float]:
+    """Seconds (process CPU time) per epoch from ``steps`` timed training steps (after one
+    untimed) and one timed validation batch, on a copy of ``model`` (left untouched)."""
+    from maskpot.training.evaluate import evaluate
+    from maskpot.training.trainer import Trainer
+
+    probe_cfg = copy.deepcopy(cfg)
+    probe_cfg["train"]["ema_decay"] = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(copy.deepcopy(model), objective, probe_cfg, train, val, Path(tmp))
+        batches = tr.global_batches(0)
+        tr.train_step(batches[0], 0)
+        times = []
+        for b in batches[1 : steps + 1]:
+            t0 = time.process_time()
+            tr.train_step(b, 0)
+            times.append(time.process_time() - t0)
+        n_val = min(len(val), tr.eval_batch_size)
+        t0 = time.process_time()
+        evaluate(tr.model, list(val)[:n_val], objective, batch_size=tr.eval_batch_size, dtype=tr.dtype)
+        val_s = (time.process_time() - t0) * len(val) / max(n_val, 1)
+    step_s = float(np.median(times))
+    return {"step_s": step_s, "val_s": val_s, "epoch_s": step_s * tr.steps_per_epoch + val_s,
+            "steps_per_epoch": tr.steps_per_epoch}
+
+
+def train_one(label: str, spec: Any, paths: Dict[str, Path], out_dir: Path, max_epochs: int, cap_s: float,
+              log=print) -> Dict[str, Any]:
+    """Train ``spec`` with the recipe and budget, evaluate on the test frames; returns metrics.json."""
+    from maskpot.training import setup
+    from maskpot.training.checkpoint import load_checkpoint
+    from maskpot.training.cli import _load_data
+    from maskpot.training.distributed import DistContext
+    from maskpot.training.evaluate import evaluate
+    from maskpot.training.metrics_log import MetricsLogger
+    from maskpot.training.objectives import build_objective
+    from maskpot.training.trainer import Trainer
+    from maskpot.utils import atomic_write_json, seed_everything
+
+    done = out_dir / "metrics.json"
+    if done.is_file():
+        log(f"{label}: {done} exists, skipping")
+        return json.loads(done.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan_path, progress_path = out_dir / "plan.json", out_dir / "progress.json"
+    t_start, c_start = time.perf_counter(), time.process_time()
+    seed_everything(0)
+    cfg = run_config(paths, out_dir, max_epochs)
+    ctx = DistContext()
+    _, _, train, val, test, hashes = _load_data(cfg, out_dir, ctx)
+    objective = build_objective(cfg["task"], cfg["objective"])
+    resume = (out_dir / "last.pt").is_file() and plan_path.is_file()
+    if resume:
+        plan = json.loads(plan_path.read_text())
+        model = build(spec, train, load_checkpoint(out_dir / "last.pt")["model_config"])
+    else:
+        model = build(spec, train)
+        norm = setup.fit_normalization(model, train)
+        log(f"{label}: {n_params(model):,} parameters; normalisation {norm['e0']}, scale {norm['energy_scale']:.4f}")
+        est = estimate_epoch_seconds(model, objective, cfg, train, val)
+        epochs = plan_epochs(est["epoch_s"], max_epochs, cap_s)
+        plan = {"label": label, "max_epochs": max_epochs, "cap_s": cap_s, "estimate": est, "epochs": epochs,
+                "setup_cpu_s": time.process_time() - c_start}
+        atomic_write_json(plan_path, plan)
+        log(f"{label}: ~{est['step_s']:.2f} s/step, ~{est['epoch_s']:.0f} s/epoch -> schedule over {epochs} epochs")
+    cfg["train"]["epochs"] = int(plan["epochs"])
+    cfg["model"] = dict(getattr(model, "config", {}))
+    prog = json.loads(progress_path.read_text()) if resume and progress_path.is_file() else {"spent_s": 0.0, "epochs": 0}
+    cap = ComputeCap(cap_s, prog["spent_s"], prog["epochs"],
+                     on_epoch=lambda s, e: atomic_write_json(progress_path, {"spent_s": s, "epochs": e}))
+    trainer = Trainer(model, objective, cfg, train, val, out_dir, ctx=ctx,
+                      meta={"task": cfg["task"], "data_hash": hashes["data"]}, callbacks=[cap])
+    if resume:
+        trainer.load_resume(out_dir / "last.pt")
+        log(f"{label}: resumed at epoch {trainer.epoch}")
+    logger = MetricsLogger(out_dir, tensorboard=False, resume=resume)
+    if resume:
+        logger.truncate(trainer.epoch)
+    stop = ""
+    fit_wall = time.perf_counter()
+    cap.start()
+    try:
+        summary = trainer.fit(logger)
+        stop = summary["stop_reason"]
+    except BudgetSpent as exc:
+        stop = str(exc)
+    finally:
+        logger.close()
+    fit_wall = time.perf_counter() - fit_wall
+    log(f"{label}: stopped ({stop}) after {trainer.epoch} epochs, {cap.spent:.0f} CPU s of epochs ({fit_wall:.0f} s wall)")
+    best = load_checkpoint(out_dir / "best.pt")
+    model.load_state_dict(best["ema_state"] if best.get("ema_state") is not None else best["model_state"])
+    refit = setup.refit_energy_shift(model, train)
+    kw = dict(batch_size=4, dtype=torch.float32)
+    test_m = evaluate(model, test, None, **kw)
+    val_m = evaluate(model, val, None, **kw)
+    if spec == "mace":
+        torch.save({"config": model.config, "state": model.state_dict()}, out_dir / "final_state.pt")
+    else:
+        from maskpot.data.neighbors import vesin_available
+        from maskpot.deploy.export import export_model
+
+        export_model(model, out_dir / "model.pt", dtype="float32", neighbor_backend="vesin" if vesin_available() else "torch")
+    metrics = {
+        "label": label, "params": n_params(model), "cutoff_A": float(model.cutoff),
+        "epochs_planned": int(plan["epochs"]), "epochs_done": int(trainer.epoch), "best_epoch": int(trainer.best_epoch + 1),
+        "steps": int(trainer.step), "stop": stop, "max_epochs": max_epochs, "cap_s": cap_s,
+        "epoch_cpu_s": cap.spent, "epoch_wall_s_this_process": fit_wall, "estimate": plan["estimate"],
+        "total_cpu_s_this_process": time.process_time() - c_start,
+        "total_wall_s_this_process": time.perf_counter() - t_start,
+        "n_frames": {"train": len(train), "val": len(val), "test": len(test)}, "data_hash": hashes["data"],
+        "energy_refit": refit, "test": test_m, "val": val_m,
+        "files": {"labelled": str(paths["labelled"]), "test": str(paths["test"])},
+    }  # fmt: skip
+    atomic_write_json(done, metrics)
+    log(f"{label}: test force MAE {test_m['force_mae_meV_per_A']:.1f} meV/Å, energy MAE "
+        f"{test_m['energy_mae_meV_per_atom']:.3f} meV/atom")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# cost
+
+
+def load_mace(out_dir: Path) -> torch.nn.Module:
+    from benchmarks.mace_adapter import mace_small_potential
+
+    saved = torch.load(out_dir / "final_state.pt", weights_only=False)
+    model = mace_small_potential(saved["config"]["avg_num_neighbors"])
+    model.load_state_dict(saved["state"])
+    return model.mace.float().eval()
+
+
+def time_models(runs: Dict[str, Path], sizes: Sequence[int], rounds: int, log=print) -> Dict[str, Any]:
+    """ms per energy+forces call of the trained models (and OpenMM TIP3P per MD step), interleaved."""
+    from benchmarks import peers
+    from benchmarks.common import interleave, machine_line, ratio
+
+    cases: Dict[int, Dict[str, Any]] = {}
+    for n in sizes:
+        water = peers.water_box(n)
+        row: Dict[str, Any] = {}
+        for label, folder in runs.items():
+            if label == MACE:
+                case, _ = peers.mace_case(water, model=load_mace(folder))
+                case.name = f"{label} @{n}"
+            else:
+                case = peers.ase_case(f"{label} @{n}", peers.maskpot_calculator(folder / "model.pt"), water)
+            row[label] = case
+        row[peers.OPENMM_LABEL] = peers.openmm_tip3p_case(water)
+        row[peers.OPENMM_LABEL].name = f"TIP3P @{n}"
+        cases[n] = row
+    flat = [c for row in cases.values() for c in row.values()]
+    log(f"timing {len(flat)} cases, {rounds} interleaved rounds")
+    interleave(flat, rounds, log=log)
+    out: Dict[str, Any] = {"machine": machine_line(), "rounds": rounds, "sizes": list(sizes), "models": {}}
+    for label in list(runs) + [peers.OPENMM_LABEL]:
+        m: Dict[str, Any] = {}
+        for n in sizes:
+            c = cases[n][label]
+            m[f"ms_{n}"] = c.median("wall")
+            if MACE in cases[n]:
+                m[f"vs_mace_{n}"] = ratio(cases[n][MACE], c)
+        if len(sizes) > 1:
+            a, b = cases[sizes[0]][label], cases[sizes[1]][label]
+            m["cost_ratio"] = ratio(b, a)  # (time at b / time at a): reference b over case a
+        out["models"][label] = m
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def _fmt_ratio(r: Sequence[float]) -> str:
+    return f"{r[0]:.1f}x ({r[1]:.1f}-{r[2]:.1f})"
+
+
+def table(results: Dict[str, Any]) -> str:
+    from benchmarks.common import markdown_table
+    from benchmarks.peers import OPENMM_LABEL
+
+    speed = results.get("speed", {}).get("models", {})
+    sizes = results.get("speed", {}).get("sizes", [648])
+    n0 = sizes[0]
+    rows = []
+    for key, m in results["models"].items():
+        base = m.get("architecture", key)
+        s = speed.get(base, {})
+        t = m["test"]
+        rows.append([
+            key, f"{m['params']:,}", f"{m['cutoff_A']:g}", f"{t['force_mae_meV_per_A']:.1f}", f"{t['force_rmse_meV_per_A']:.1f}",
+            f"{t['energy_mae_meV_per_atom']:.3f}", f"{t['energy_mae_meV']:.0f}",
+            f"{s[f'ms_{n0}']:.1f}" if s else "–", _fmt_ratio(s[f"vs_mace_{n0}"]) if f"vs_mace_{n0}" in s else "–",
+            f"{s['cost_ratio'][0]:.1f}x" if s and "cost_ratio" in s else "–",
+            f"{m['epochs_done']} ({m['epochs_planned']} planned, best {m['best_epoch']})", f"{m['epoch_cpu_s'] / 60:.1f}",
+            f"{m['estimate']['step_s']:.2f}",
+        ])  # fmt: skip
+    if OPENMM_LABEL in speed:
+        s = speed[OPENMM_LABEL]
+        rows.append(["TIP3P itself (the teacher; per MD step)", "–", "9 (PME)", "0", "0", "0", "0", f"{s[f'ms_{n0}']:.1f}",
+                     _fmt_ratio(s[f"vs_mace_{n0}"]) if f"vs_mace_{n0}" in s else "–",
+                     f"{s['cost_ratio'][0]:.1f}x" if "cost_ratio" in s else "–", "–", "–", "–"])
+    cost = f"cost {sizes[0]}→{sizes[1]}" if len(sizes) > 1 else "cost"
+    head = ["model", "params", "cutoff Å", "force MAE meV/Å", "force RMSE meV/Å", "energy MAE meV/atom",
+            "energy MAE meV/frame", f"ms/call @{n0}", f"vs MACE-small @{n0}", cost, "epochs done",
+            "epochs: CPU min", "CPU s / train step"]
+    r = results
+    lines = [f"### Accuracy per cost on water (generated by `python -m benchmarks.accuracy_per_cost`, {r['stamp']})", ""]
+    lines.append(
+        f"Same TIP3P frames for every model (the water_box example's seed-0 data: {r['n_frames']['train']} train / "
+        f"{r['n_frames']['val']} val frames of 64 molecules at 300/400/500 K + rattled copies; test: "
+        f"{r['n_frames']['test']} frames of an independent 300 K trajectory), same recipe (`configs/water_scratch.yaml` "
+        "with the example's overrides: L1, force weight 500, AdamW 3e-3 cosine to 1e-5, batch 4, EMA 0.99, patience 6), "
+        "trained from scratch in maskpot's `Trainer` (MACE-small through `benchmarks/mace_adapter.py`), 1 torch thread. "
+        f"**Budget, the same for every model: at most {r['max_epochs']} epochs and at most {r['cap_min']:g} min of "
+        "one core (process CPU time, 1 thread) for the epochs** (training steps, validation, checkpoints); the cosine "
+        "schedule spans the epochs that fit (estimated from a few timed steps first). "
+        "`@N epochs` rows: our models at exactly the epochs MACE-small got (equal epochs, not equal time). "
+        f"Cost: trained models, energy + forces at {n0} atoms, interleaved in one process "
+        f"({results.get('speed', {}).get('rounds', '?')} rounds; {results.get('speed', {}).get('machine', '')}); "
+        "ours = TorchScript export through `MaskpotCalculator`, MACE-small = module on a prebuilt neighbour list "
+        "(lower bound on its cost). `vs MACE-small` = MACE time / model time per round, median (min-max).")
+    lines += ["", markdown_table(head, rows)]
+    return "\n".join(lines)
+
+
+def write_results(results: Dict[str, Any], log=print) -> None:
+    from maskpot.utils import replace_marked_block
+
+    text = table(results)
+    path = HERE / "RESULTS.md"
+    if not replace_marked_block(path, BLOCK[0], BLOCK[1], text):
+        with open(path, "a") as fh:
+            fh.write(f"\n{BLOCK[0]}\n{text}\n{BLOCK[1]}\n")
+    log(f"wrote {path}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=None, help="folder with tip3p_labelled.npz and tip3p_test.npz")
+    ap.add_argument("--out", type=Path, default=Path("runs/accuracy_per_cost"))
+    ap.add_argument("--max-epochs", type=int, default=20)
+    ap.add_argument("--cap-min", type=float, default=20.0, help="compute cap on each model's epochs, CPU minutes")
+    ap.add_argument("--models", nargs="*", default=list(MODELS), help=f"subset of {list(MODELS)}")
+    ap.add_argument("--no-equal-epochs", action="store_true", help="skip our models at MACE-small's epoch count")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[648, 3000])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--retime", action="store_true", help="time again even when OUT/speed.json exists")
+    ap.add_argument("--no-write", action="store_true", help="leave RESULTS.md and benchmarks/*.json alone")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    from maskpot.models.perf import tune_cpu_allocator
+    from maskpot.utils import atomic_write_json
+
+    tune_cpu_allocator()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    paths = data_paths(out, args.data)
+    cap_s = 60.0 * args.cap_min
+    models: Dict[str, Dict[str, Any]] = {}
+    runs: Dict[str, Path] = {}
+    slug = lambda s: s.split(" ")[0] if s != MACE else "mace_small"  # noqa: E731
+    order = [m for m in MODELS if m in args.models]
+    for label in order:
+        folder = out / slug(label)
+        models[label] = train_one(label, MODELS[label], paths, folder, args.max_epochs, cap_s)
+        models[label]["architecture"] = label
+        runs[label] = folder
+    if MACE in models and not args.no_equal_epochs:
+        k = models[MACE]["epochs_done"]
+        for label in order:
+            if label == MACE or k >= models[label]["epochs_done"]:
+                continue
+            key = f"{label} @{k} epochs"
+            m = train_one(key, MODELS[label], paths, out / f"{slug(label)}_{k}ep", k, cap_s)
+            m["architecture"] = label
+            models[key] = m
+    speed_path = out / "speed.json"
+    if speed_path.is_file() and not args.retime and set(json.loads(speed_path.read_text())["models"]) >= set(runs):
+        speed = json.loads(speed_path.read_text())
+    else:
+        speed = time_models(runs, args.sizes, args.rounds)
+        atomic_write_json(speed_path, speed)
+    first = next(iter(models.values()))
+    results = {"stamp": time.strftime("%Y-%m-%d %H:%M"), "max_epochs": args.max_epochs, "cap_min": args.cap_min,
+               "n_frames": first["n_frames"], "models": models, "speed": speed}
+    atomic_write_json(out / "accuracy_per_cost.json", results)
+    print(table(results))
+    if not args.no_write:
+        atomic_write_json(SUMMARY_JSON, results)
+        write_results(results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
