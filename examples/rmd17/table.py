@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Tabulate the rMD17 accuracy runs of ``examples/rmd17/run.py --full`` against published models.
 
-    python examples/rmd17/table.py [--out runs/rmd17] [--update-readme]
+    python examples/rmd17/table.py [--out runs/rmd17 [runs/other ...]] [--update-readme]
 
 Reads ``OUT/<molecule>/train/accurate/{test_metrics.json,run.json,best.pt}`` and
-``OUT/<molecule>/{md,nve}/result.json``; writes ``OUT/accuracy.md`` and, with
+``OUT/<molecule>/{md,nve}/result.json`` of every ``--out`` folder (several: one row per folder
+and molecule, e.g. two models); writes ``accuracy.md`` in the first folder and, with
 ``--update-readme``, the block between ``<!-- accuracy-table -->`` markers of
 ``examples/rmd17/README.md``. Published numbers are quoted from the papers cited in the README;
 ours are measured by this code.
@@ -66,8 +67,17 @@ def collect(out: Path) -> List[Dict[str, Any]]:
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
+    """Markdown: per molecule, our rows (in the given order), then the published anchors."""
     lines = ["| molecule | model | energy MAE (meV) | force MAE (meV/Å) | target E / F | epochs | train wall (min) | "
              "parameters | 10 ps NVT (ASE, 300 K) |", "|---|---|---|---|---|---|---|---|---|"]
+    molecules = sorted({r["molecule"] for r in rows})
+    for mol in molecules:
+        lines += _molecule_rows([r for r in rows if r["molecule"] == mol])
+    return "\n".join(lines)
+
+
+def _molecule_rows(rows: List[Dict[str, Any]]) -> List[str]:
+    lines = []
     for r in rows:
         md = r["md"].get("md", {})
         status = (f"{md.get('status')}, {md.get('steps_done')} steps" if md else "not run")
@@ -75,22 +85,23 @@ def table(rows: List[Dict[str, Any]]) -> str:
         lines.append(f"| {r['molecule']} | **ours**: {r['model']} | **{r['energy_mae']:.1f}** | **{r['force_mae']:.1f}** | "
                      f"{'%g / %g' % tgt if tgt else '–'} | {r['epochs']} | {r['train_s'] / 60:.0f} "
                      f"({r['threads']} thread) | {r['params']} | {status} |")
-        for name, (e, f) in ANCHORS.get(r["molecule"], {}).items():
-            lines.append(f"| {r['molecule']} | {name} (published) | {e} | {f} | | | | | |")
-    return "\n".join(lines)
+    mol = rows[0]["molecule"]
+    for name, (e, f) in ANCHORS.get(mol, {}).items():
+        lines.append(f"| {mol} | {name} (published) | {e} | {f} | | | | | |")
+    return lines
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/rmd17")
+    ap.add_argument("--out", nargs="+", default=["runs/rmd17"], help="run folders of run.py --full (one or more)")
     ap.add_argument("--update-readme", action="store_true")
     args = ap.parse_args(argv)
-    rows = collect(Path(args.out))
+    rows = [row for out in args.out for row in collect(Path(out))]
     if not rows:
-        print(f"no finished --full runs under {args.out}", file=sys.stderr)
+        print(f"no finished --full runs under {' '.join(args.out)}", file=sys.stderr)
         return 1
     text = table(rows)
-    (Path(args.out) / "accuracy.md").write_text(text + "\n")
+    (Path(args.out[0]) / "accuracy.md").write_text(text + "\n")
     print(text)
     if args.update_readme:
         from maskpot.utils import replace_marked_block

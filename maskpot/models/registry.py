@@ -2,7 +2,7 @@
 
 Config keys (all optional except ``name`` and ``species``)::
 
-    name              registered model name ("egnn", "gns", "painn")
+    name              registered model name ("egnn", "gns", "painn", "tensornet")
     species           atomic numbers the model knows, e.g. [1, 8]
     cutoff            Å
     hidden_channels, num_layers, num_rbf, activation
