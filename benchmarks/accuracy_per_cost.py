@@ -4,6 +4,9 @@ TIP3P frames with the same recipe and budget, test errors next to the measured c
     python -m benchmarks.accuracy_per_cost [--data DIR] [--out runs/accuracy_per_cost]
         [--max-epochs 20] [--cap-min 20] [--rounds 3] [--sizes 648 3000] [--no-write]
 
+Models (``MODELS``): MACE-small (``benchmarks.peers.mace_small``), egnn 64x3 and painn 64x2 at
+3.5 Å (the small models of ``benchmarks.peers``), and two cheaper PaiNNs (64x1, 32x2 at 3.5 Å).
+
 Data: the water_box example's labelled and test frames (``examples/water_box/run.py``, seed 0,
 its small defaults: 64 molecules in a 12.42 Å box; 40 frames at each of 300/400/500 K plus 60
 rattled copies labelled by TIP3P, split 0.9/0.1 with seed 0 -> 162 train / 18 val; test: 40
