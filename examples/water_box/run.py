@@ -425,6 +425,18 @@ def stage_report(out: Path, p: Dict[str, Any], runs: Dict[str, Path], md_res: Di
     return path
 
 
+def model_overrides(base: List[str], items: List[str]) -> List[str]:
+    """``base`` ("model.KEY=VALUE" strings) with each "KEY=VALUE" of ``items`` replacing or adding
+    its key; ValueError for an item without "=" or key."""
+    out = list(base)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-set expects KEY=VALUE (a model config key), got {item!r}")
+        out = [m for m in out if not m.startswith(f"model.{key}=")] + [f"model.{key}={value}"]
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/water_box", help="output folder (default runs/water_box)")
@@ -436,6 +448,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="also train from scratch and with denoising pretraining (test errors side by side)")
     ap.add_argument("--denoise", action="store_true", help=argparse.SUPPRESS)  # old name of --compare
     ap.add_argument("--md-steps", type=int, default=None, help="override the NVT MD length (steps of 0.5 fs)")
+    ap.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a model key for every training stage, e.g. num_layers=1 (repeatable)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for training and MD (default 1: on a shared 2-core machine 2 threads were 4x slower)")
@@ -446,6 +460,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = dict(FULL if args.full else SMALL)
     if args.md_steps:
         p["md_steps"] = args.md_steps
+    try:
+        p["model"] = model_overrides(p["model"], args.model_set)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.long:
         p["md_steps"] = max(p["md_steps"], LONG_STEPS)
     if not args.temperature > 0:

@@ -76,3 +76,15 @@ def test_recipe_gives_stable_md(example, tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert rc == 0, summary["md"]["learned"]
     assert summary["stable"] and summary["md"]["learned"]["steps_done"] == p["md_steps"]
+
+
+def test_model_set_overrides_one_key(example) -> None:
+    base = list(example.SMALL["model"])
+    out = example.model_overrides(base, ["num_layers=1", "name=tensornet"])
+    assert "model.num_layers=1" in out and "model.num_layers=2" not in out
+    assert "model.name=tensornet" in out and "model.name=painn" not in out
+    assert "model.hidden_channels=64" in out
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        example.model_overrides(base, ["num_layers"])
+    with pytest.raises(SystemExit):
+        example.main(["--model-set", "=1", "--out", "/nonexistent/never"])
