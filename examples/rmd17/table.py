@@ -41,6 +41,18 @@ def _num_params(ckpt: Path) -> Optional[int]:
         return None
 
 
+def _train_seconds(run: Path, summary: Dict[str, Any]) -> Optional[float]:
+    """Training wall time summed over the epochs of metrics.csv (counts every resumed segment;
+    run.json's elapsed_s only covers the last one)."""
+    import csv
+
+    try:
+        with open(run / "metrics.csv", newline="") as fh:
+            return float(sum(float(row["time_s"]) for row in csv.DictReader(fh)))
+    except (OSError, KeyError, ValueError):
+        return summary.get("elapsed_s")
+
+
 def collect(out: Path) -> List[Dict[str, Any]]:
     rows = []
     for mol_dir in sorted(p for p in out.iterdir() if p.is_dir()):
@@ -57,10 +69,10 @@ def collect(out: Path) -> List[Dict[str, Any]]:
             md[k] = json.loads(f.read_text()) if f.exists() else {}
         rows.append({
             "molecule": mol_dir.name, "energy_mae": tm.get("energy_mae_meV"), "force_mae": tm.get("force_mae_meV_per_A"),
-            "n_test": tm.get("n_frames"), "epochs": summ.get("epochs_done"), "train_s": summ.get("elapsed_s"),
+            "n_test": tm.get("n_frames"), "epochs": summ.get("epochs_done"), "train_s": _train_seconds(run, summ),
             "model": f"{cfg['model']['name']} {cfg['model'].get('hidden_channels')}x{cfg['model'].get('num_layers')}, "
                      f"{cfg['model'].get('cutoff')} Å", "params": _num_params(run / "best.pt"),
-            "threads": cfg["train"].get("num_threads"),
+            "threads": cfg["train"].get("num_threads") or info.get("torch_threads"),
             "md": md,
         })
     return rows
@@ -83,8 +95,8 @@ def _molecule_rows(rows: List[Dict[str, Any]]) -> List[str]:
         status = (f"{md.get('status')}, {md.get('steps_done')} steps" if md else "not run")
         tgt = TARGETS.get(r["molecule"])
         lines.append(f"| {r['molecule']} | **ours**: {r['model']} | **{r['energy_mae']:.1f}** | **{r['force_mae']:.1f}** | "
-                     f"{'%g / %g' % tgt if tgt else '–'} | {r['epochs']} | {r['train_s'] / 60:.0f} "
-                     f"({r['threads']} thread) | {r['params']} | {status} |")
+                     f"{'%g / %g' % tgt if tgt else '–'} | {r['epochs']} | {r['train_s'] / 60:.0f}"
+                     f"{' (%s thread)' % r['threads'] if r['threads'] else ''} | {r['params']} | {status} |")
     mol = rows[0]["molecule"]
     for name, (e, f) in ANCHORS.get(mol, {}).items():
         lines.append(f"| {mol} | {name} (published) | {e} | {f} | | | | | |")

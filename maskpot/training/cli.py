@@ -377,6 +377,7 @@ def run_training(
             "normalization": model.get_normalization() if hasattr(model, "get_normalization") else norm,
             "init": init_report,
             "world_size": ctx.world_size,
+            "torch_threads": torch.get_num_threads(),  # what actually ran (config, env or default)
             "argv": list(argv) if argv is not None else None,
             "cwd": run_cwd,
             "resumed_at": {"epoch": trainer.epoch, "step": trainer.step} if resume_ckpt is not None else None,
