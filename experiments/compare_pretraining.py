@@ -4,6 +4,8 @@
     python experiments/compare_pretraining.py                      # default: rMD17 aspirin, PaiNN, 50 labels, 3 seeds
     python experiments/compare_pretraining.py --dataset rmd17:ethanol --labels 25 50 100
     python experiments/compare_pretraining.py --dataset water-dft --model egnn --seeds 0 1
+    python experiments/compare_pretraining.py --dataset tip3p-traj --model egnn --layers 3 --pretrain-seeds 0 \
+        --finetune-steps 400 --patience 20 --labels 16 64     # separate trajectories (water_sources.py)
 
 For one dataset, one model and several seeds, every seed runs:
 
