@@ -71,6 +71,13 @@ def _decompose_matrix() -> Tensor:
     return q
 
 
+def edge_basis(unit: Tensor) -> Tensor:
+    """Compact (I, a, S) entries [E, 10] of the edge tensors Id, skew(r̂), r̂r̂ᵀ - Id/3."""
+    outer = unit * unit - 1.0 / 3.0  # S_xx, S_yy, S_zz
+    cross = torch.stack([unit[:, 0] * unit[:, 1], unit[:, 0] * unit[:, 2], unit[:, 1] * unit[:, 2]], dim=1)
+    return torch.cat([torch.ones_like(unit[:, :1]), unit, outer, cross], dim=1)
+
+
 class PartMixing(nn.Module):
     """Channel mixing with one weight matrix per irreducible part (no bias: keeps equivariance)."""
 
@@ -231,10 +238,7 @@ class TensorNet(EnergyModel):
     def atomic_energies(self, h0: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tuple[Tensor, Tensor]:
         i, j = edge_index[0], edge_index[1]
         _, unit, rbf, env = self.radial(edge_vec)
-        outer = unit * unit - 1.0 / 3.0  # S_xx, S_yy, S_zz of r̂r̂ᵀ - Id/3
-        cross = torch.stack([unit[:, 0] * unit[:, 1], unit[:, 0] * unit[:, 2], unit[:, 1] * unit[:, 2]], dim=1)
-        basis = torch.cat([torch.ones_like(unit[:, :1]), unit, outer, cross], dim=1)  # [E, 10]
-        x = self.tensor_embedding(h0, i, j, basis, rbf, env)
+        x = self.tensor_embedding(h0, i, j, edge_basis(unit), rbf, env)
         for layer in self.layers:
             x = layer(x, i, j, rbf, env)
         a = x[:, 1:4]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from maskpot.models.tensornet import TensorAlgebra
+from maskpot.models.tensornet import TensorAlgebra, edge_basis
 from model_helpers import make_model, random_rotation, water_box
 
 
@@ -58,10 +58,7 @@ def test_features_rotate_as_rank2_tensors():
         pos, _, h0, _, _, edge_index, edge_vec = model._prepare(data)
         i, j = edge_index[0], edge_index[1]
         _, unit, rbf, env = model.radial(edge_vec)
-        outer = unit * unit - 1.0 / 3.0
-        cross = torch.stack([unit[:, 0] * unit[:, 1], unit[:, 0] * unit[:, 2], unit[:, 1] * unit[:, 2]], dim=1)
-        basis = torch.cat([torch.ones_like(unit[:, :1]), unit, outer, cross], dim=1)
-        x = model.tensor_embedding(h0, i, j, basis, rbf, env)
+        x = model.tensor_embedding(h0, i, j, edge_basis(unit), rbf, env)
         for layer in model.layers:
             x = layer(x, i, j, rbf, env)
         full = model.layers[0].algebra.to_full(x)  # [N, 9, F]
