@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 STRATEGIES = ("scratch", "denoise", "mask")
-MODELS = ("egnn", "gns", "painn")
+MODELS = ("egnn", "gns", "painn", "tensornet")
 RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde", "naphthalene",
                    "paracetamol", "salicylic", "toluene", "uracil")
 FORCE_COL = "val_force_mae_meV_per_A"
