@@ -59,6 +59,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from benchmarks.common import n_params
+
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 SUMMARY_JSON = HERE / "accuracy_per_cost.json"
@@ -188,10 +190,6 @@ def build(spec: Any, train: Sequence[Any], config: Optional[Dict[str, Any]] = No
 
     torch.manual_seed(0)
     return build_model(dict(config) if config else {"species": [1, 8], "neighbor_backend": "auto", **spec})
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
 
 
 def estimate_epoch_seconds(model: torch.nn.Module, objective: Any, cfg: Dict[str, Any], train, val,

@@ -27,11 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks import peers
-from benchmarks.common import Case, interleave, machine_line, ratio
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+from benchmarks.common import Case, interleave, machine_line, n_params, ratio
 
 
 def count_edges(model: torch.nn.Module, water: peers.WaterBox) -> int:

@@ -33,6 +33,11 @@ def water_box(n_molecules: int, density: float = 0.0334, seed: int = 0):
     return positions, numbers, side
 
 
+def n_params(model: torch.nn.Module) -> int:
+    """Number of parameters of ``model``."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
 def time_call(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
     """Median wall time of ``fn()`` in milliseconds."""
     for _ in range(warmup):

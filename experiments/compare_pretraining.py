@@ -68,17 +68,6 @@ FORCE_COL = "val_force_mae_meV_per_A"
 log = logging.getLogger("compare_pretraining")
 
 
-def _load_stats() -> Any:
-    """experiments/stats.py, loaded by path (this script runs as a file, not from a package)."""
-    name = "maskpot_experiments_stats"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("stats.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
 # ------------------------------------------------------------------------------------------
 # datasets
 # ------------------------------------------------------------------------------------------
@@ -609,7 +598,7 @@ def _add_vs_scratch(args: argparse.Namespace, runs: Sequence[Run], results: Dict
     MAE (experiments/stats.py). Needs the scratch strategy."""
     if "scratch" not in args.strategies:
         return
-    st = _load_stats()
+    st = _load_sibling("stats")
     ft = {(r.strategy, r.seed): r for r in runs if r.stage == "finetune" and r.n_label == n_label and r.name in results}
     seeds = sorted(s for (strat, s) in ft if strat == "scratch")
     for strat in args.strategies:
@@ -715,7 +704,7 @@ def markdown(summary: Dict[str, Any]) -> str:
             )
     if any("vs_scratch" in summary["results"][str(n)].get(strat, {}) for n in summary["labels"]
            for strat in summary["strategies"]):
-        st = _load_stats()
+        st = _load_sibling("stats")
         lines += [
             "",
             "Against scratch, paired by seed: mean test-error difference [95 % t interval] (negative = better "
@@ -881,7 +870,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plot(summary, out)
     if plan.kind == "water-traj":
         ws = _load_sibling("water_sources")
-        table = ws.markdown(summary, _load_stats(), out)
+        table = ws.markdown(summary, _load_sibling("stats"), out)
         print("\n" + table)
         if args.results_md:
             ws.write_block(Path(args.results_md), summary, table)

@@ -126,6 +126,11 @@ class TensorAlgebra(nn.Module):
         """Squared Frobenius norm per channel: [N, 10, F] -> [N, F]."""
         return (x * x * self.norm_weights).sum(dim=1)
 
+    def part_norms2(self, x: Tensor) -> Tensor:
+        """Squared norms of the three parts, |I Id|², |A|², |S|² per channel: [N, 10, F] -> [N, 3F]."""
+        w = x * x * self.norm_weights
+        return torch.cat([w[:, 0], w[:, 1:4].sum(dim=1), w[:, 4:].sum(dim=1)], dim=-1)
+
     def to_full(self, x: Tensor) -> Tensor:
         """[N, 10, F] -> [N, 9, F] (row-major 3x3)."""
         idx, c = self.compose_index, self.compose_coeff
@@ -241,15 +246,9 @@ class TensorNet(EnergyModel):
         x = self.tensor_embedding(h0, i, j, edge_basis(unit), rbf, env)
         for layer in self.layers:
             x = layer(x, i, j, rbf, env)
-        a = x[:, 1:4]
-        invariants = torch.cat([
-            3.0 * x[:, 0] * x[:, 0],
-            2.0 * (a * a).sum(dim=1),
-            (x[:, 4:] * x[:, 4:] * self.algebra.norm_weights[4:]).sum(dim=1),
-        ], dim=-1)  # [N, 3F]
-        s = self.out_act(self.out_linear(self.out_norm(invariants)))
+        s = self.out_act(self.out_linear(self.out_norm(self.algebra.part_norms2(x))))
         e = self.energy_head(s).squeeze(-1)
         vectors = torch.zeros(0, dtype=h0.dtype, device=h0.device)
         if self.vector_head:
-            vectors = (a * self.vector_gate(s).unsqueeze(1)).sum(dim=-1)
+            vectors = (x[:, 1:4] * self.vector_gate(s).unsqueeze(1)).sum(dim=-1)
         return e, vectors
