@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from maskpot.training.checkpoint import load_checkpoint
@@ -88,6 +89,7 @@ def test_pretrain_finetune_eval_chain(water: Path, tmp_path: Path, capsys) -> No
         assert (pre / name).is_file(), name
     run = json.loads((pre / "run.json").read_text())
     assert run["status"] == "finished" and run["seed"] == 0 and "torch" in run["versions"] and run["data_hash"]["data"]
+    assert run["torch_threads"] == torch.get_num_threads()  # what ran, whatever set it
     assert "mean_cosine" in json.loads((pre / "test_metrics.json").read_text())
     assert load_checkpoint(pre / "best.pt")["task"] == "mask"
 

@@ -1,0 +1,43 @@
+"""examples/rmd17/table.py: one row per run folder and molecule (several folders side by side),
+published anchors once per molecule, wall time summed over every resumed segment."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+TABLE = Path(__file__).parents[2] / "examples" / "rmd17" / "table.py"
+
+
+def _table_module():
+    spec = importlib.util.spec_from_file_location("rmd17_table", TABLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fake_run(root: Path, molecule: str, model: str, force: float, epoch_seconds: list) -> None:
+    run = root / molecule / "train" / "accurate"
+    run.mkdir(parents=True)
+    (run / "test_metrics.json").write_text(json.dumps({"energy_mae_meV": 2.0, "force_mae_meV_per_A": force,
+                                                       "n_frames": 1000}))
+    cfg = {"model": {"name": model, "hidden_channels": 64, "num_layers": 2, "cutoff": 5.0},
+           "train": {"num_threads": None}}
+    # elapsed_s covers only the last resumed segment; the table must not use it when metrics.csv exists
+    (run / "run.json").write_text(json.dumps({"config": cfg, "torch_threads": 1,
+                                              "summary": {"epochs_done": len(epoch_seconds), "elapsed_s": 1.0}}))
+    rows = ["epoch,step,time_s"] + [f"{k + 1},{k},{t}" for k, t in enumerate(epoch_seconds)]
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_two_folders_side_by_side(tmp_path: Path) -> None:
+    table = _table_module()
+    _fake_run(tmp_path / "a", "ethanol", "tensornet", 11.0, [60.0, 60.0, 120.0])
+    _fake_run(tmp_path / "b", "ethanol", "painn", 16.8, [60.0])
+    assert table.main(["--out", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    text = (tmp_path / "a" / "accuracy.md").read_text()
+    ours = [line for line in text.splitlines() if "**ours**" in line]
+    assert len(ours) == 2 and "tensornet" in ours[0] and "painn" in ours[1]
+    assert "| 4 (1 thread) |" in ours[0]  # 240 s summed over the resumed segments
+    assert text.count("MACE (published)") == 1
