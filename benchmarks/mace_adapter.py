@@ -104,12 +104,15 @@ class MACEPotential(nn.Module):
         return {"energy": out["energy"], "forces": out["forces"]}
 
 
-def mace_small_potential(avg_num_neighbors: float, neighbor_backend: str = "auto", seed: int = 0) -> MACEPotential:
+def mace_small_potential(avg_num_neighbors: float, neighbor_backend: str = "auto", seed: int = 0,
+                         species: Sequence[int] = (1, 8)) -> MACEPotential:
     """MACE-small (``benchmarks.peers.mace_small``: 64x0e, r_max 5 Å, 2 interactions,
-    correlation 3) in maskpot's interface, weights from ``seed``, float32, train mode off."""
+    correlation 3) in maskpot's interface for the elements ``species`` (water: H, O; aspirin:
+    H, C, O), weights from ``seed``, float32, train mode off."""
     from benchmarks.peers import mace_small
 
+    species = sorted(int(z) for z in species)
     torch.manual_seed(seed)
-    model = mace_small(avg_num_neighbors=avg_num_neighbors, r_max=MACE_SMALL["r_max"])
-    config = {"name": "mace-small", **MACE_SMALL, "species": [1, 8], "avg_num_neighbors": float(avg_num_neighbors)}
-    return MACEPotential(model, (1, 8), MACE_SMALL["r_max"], neighbor_backend, config)
+    model = mace_small(avg_num_neighbors=avg_num_neighbors, r_max=MACE_SMALL["r_max"], atomic_numbers=species)
+    config = {"name": "mace-small", **MACE_SMALL, "species": species, "avg_num_neighbors": float(avg_num_neighbors)}
+    return MACEPotential(model, species, MACE_SMALL["r_max"], neighbor_backend, config)

@@ -55,12 +55,14 @@ def mace_available() -> bool:
 @dataclass
 class WaterBox:
     """An equilibrated-ish liquid water box and ``k`` rattled copies of it (what MD hands a
-    potential: the number of edges changes a little from call to call)."""
+    potential: the number of edges changes a little from call to call). Also holds an isolated
+    molecule (``box`` 0, ``pbc`` False: zero cell; ``configs`` e.g. test frames)."""
 
     positions: np.ndarray  # [N, 3] Å
     numbers: np.ndarray  # [N]
     box: float  # cubic side, Å
     configs: List[np.ndarray]  # rattled positions, Å
+    pbc: bool = True
 
     @property
     def n_atoms(self) -> int:
@@ -167,7 +169,7 @@ class _Cycle:
 def ase_atoms(water: WaterBox):
     from ase import Atoms
 
-    return Atoms(numbers=water.numbers, positions=water.positions, cell=water.cell(), pbc=True)
+    return Atoms(numbers=water.numbers, positions=water.positions, cell=water.cell(), pbc=water.pbc)
 
 
 def ase_case(name: str, calc, water: WaterBox, inner: int = 1) -> Case:
@@ -236,11 +238,14 @@ def _quiet():
             logging.getLogger().setLevel(level)
 
 
-def mace_small(avg_num_neighbors: float = 40.0, r_max: float = 5.0) -> torch.nn.Module:
+def mace_small(avg_num_neighbors: float = 40.0, r_max: float = 5.0,
+               atomic_numbers: Sequence[int] = (1, 8)) -> torch.nn.Module:
     """MACE-small, untrained, float32: ScaleShiftMACE, hidden irreps 64x0e, r_max 5 Å,
     2 interactions, correlation 3, max_ell 3, 8 Bessel functions, polynomial cutoff p=5,
     radial MLP [64, 64, 64], readout MLP 16x0e, SiLU gates (mace-torch's defaults otherwise,
-    as built by ``mace_run_train --model ScaleShiftMACE``)."""
+    as built by ``mace_run_train --model ScaleShiftMACE``). ``atomic_numbers``: its elements
+    (water: H, O)."""
+    atomic_numbers = sorted(int(z) for z in atomic_numbers)
     with _quiet():
         from mace import modules  # noqa: F401  (import mace before e3nn: it sets the torch.load mode e3nn 0.4 needs)
         from e3nn import o3
@@ -249,25 +254,28 @@ def mace_small(avg_num_neighbors: float = 40.0, r_max: float = 5.0) -> torch.nn.
             r_max=r_max, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
             interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
             interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-            num_interactions=2, num_elements=2, hidden_irreps=o3.Irreps("64x0e"), MLP_irreps=o3.Irreps("16x0e"),
-            atomic_energies=np.zeros(2), avg_num_neighbors=avg_num_neighbors, atomic_numbers=[1, 8],
+            num_interactions=2, num_elements=len(atomic_numbers), hidden_irreps=o3.Irreps("64x0e"),
+            MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.zeros(len(atomic_numbers)),
+            avg_num_neighbors=avg_num_neighbors, atomic_numbers=atomic_numbers,
             correlation=3, gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64],
             atomic_inter_scale=1.0, atomic_inter_shift=0.0,
         )  # fmt: skip
     return model.float().eval()
 
 
-def mace_batches(water: WaterBox, r_max: float = 5.0) -> List[Dict[str, torch.Tensor]]:
-    """MACE input dicts of the box's configurations (mace's own neighbour list, float32)."""
+def mace_batches(water: WaterBox, r_max: float = 5.0,
+                 species: Optional[Sequence[int]] = None) -> List[Dict[str, torch.Tensor]]:
+    """MACE input dicts of the box's configurations (mace's own neighbour list, float32);
+    ``species``: the model's elements (default: those of the box)."""
     with _quiet():
         from ase import Atoms
         from mace import data as mdata
         from mace.tools import torch_geometric, utils
 
-        z_table = utils.AtomicNumberTable([1, 8])
+        z_table = utils.AtomicNumberTable(sorted(int(z) for z in (species if species is not None else set(water.numbers))))
         out = []
         for c in water.configs:
-            atoms = Atoms(numbers=water.numbers, positions=c, cell=water.cell(), pbc=True)
+            atoms = Atoms(numbers=water.numbers, positions=c, cell=water.cell(), pbc=water.pbc)
             ad = mdata.AtomicData.from_config(mdata.config_from_atoms(atoms), z_table=z_table, cutoff=r_max)
             loader = torch_geometric.dataloader.DataLoader([ad], batch_size=1, shuffle=False)
             b = next(iter(loader)).to_dict()
@@ -278,9 +286,11 @@ def mace_batches(water: WaterBox, r_max: float = 5.0) -> List[Dict[str, torch.Te
 def mace_case(water: WaterBox, model: Optional[torch.nn.Module] = None, inner: int = 1) -> Tuple[Case, int]:
     """MACE-small energy + forces (module called directly, ``compute_force=True``, no stress),
     neighbour list built beforehand (so MACE's time is a lower bound). Returns (case, edges)."""
-    batches = mace_batches(water)
+    species = model.atomic_numbers.tolist() if model is not None and hasattr(model, "atomic_numbers") else None
+    batches = mace_batches(water, species=species)
     edges = int(batches[0]["edge_index"].shape[1])
-    model = model if model is not None else mace_small(avg_num_neighbors=edges / water.n_atoms)
+    if model is None:
+        model = mace_small(avg_num_neighbors=edges / water.n_atoms, atomic_numbers=sorted(set(water.numbers.tolist())))
     cycle = _Cycle(batches)
 
     def fn() -> None:

@@ -156,3 +156,111 @@ def test_mace_adapter_trains_in_maskpots_loop(mace_potential, tmp_path):
     assert np.isfinite(loss)
     changed = [k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])]
     assert any("interactions" in k for k in changed)
+
+
+# ---------------------------------------------------------------------------------------------
+# rMD17 path (shared data and mace-torch; tiny budget)
+
+RMD17 = ROOT.parent / "shared" / "data" / "rmd17"
+
+
+def test_fixed_test_subset_is_evenly_strided():
+    from benchmarks.accuracy_per_cost import fixed_test_subset
+
+    frames, idx = fixed_test_subset(list(range(1000)), 200)
+    assert idx == list(range(0, 1000, 5)) and frames == idx
+    assert fixed_test_subset(list(range(7)), None)[1] == list(range(7))
+    assert fixed_test_subset(list(range(7)), 50)[1] == list(range(7))
+
+
+def _rmd17_or_skip():
+    pytest.importorskip("mace")
+    if not (RMD17 / "rmd17_aspirin_train_01.npz").is_file() or not (RMD17 / "rmd17_aspirin_test_01.npz").is_file():
+        pytest.skip(f"rMD17 aspirin not found under {RMD17}")
+
+
+def test_mace_adapter_matches_mace_own_inputs_on_a_molecule():
+    """Isolated molecule (no cell, three elements): the adapter and mace-torch's own pipeline
+    (what the timing calls) give the same energies and forces."""
+    _rmd17_or_skip()
+    from benchmarks.accuracy_per_cost import molecule_system, species_of
+    from benchmarks.mace_adapter import mace_small_potential
+    from benchmarks.peers import mace_batches
+    from maskpot.data.io import read_dataset
+    from maskpot.data.sample import collate
+
+    frames = read_dataset(str(RMD17 / "rmd17_aspirin_test_01.npz"), index=slice(0, 2))
+    species = species_of(frames)
+    assert species == [1, 6, 8]
+    model = mace_small_potential(avg_num_neighbors=10.0, neighbor_backend="torch", seed=0, species=species)
+    model.set_normalization({1: -0.5, 6: -1.0, 8: -2.0}, energy_scale=0.7)
+    out = model(collate(frames))
+    n = frames[0].n_atoms
+    for k, ref_in in enumerate(mace_batches(molecule_system(frames, n_configs=2), species=species)):
+        ref = model.mace(ref_in, compute_force=True)
+        assert float(out["energy"][k]) == pytest.approx(float(ref["energy"]), abs=1e-4)
+        assert torch.allclose(out["forces"][k * n : (k + 1) * n].detach(), ref["forces"].detach(), atol=1e-5)
+
+
+def test_rmd17_path_tiny_budget(tmp_path, monkeypatch):
+    """The rMD17 path end to end on a tiny budget (tiny models, 10 frames, 1 epoch): one table
+    row per model with its cost and ratio to MACE-small; frames, split, recipe and budget the
+    same for every model; a second call resumes (trains nothing)."""
+    _rmd17_or_skip()
+    pytest.importorskip("openmm")  # benchmarks.peers
+    import json
+
+    import benchmarks.accuracy_per_cost as apc
+
+    tiny = {
+        apc.MACE: "mace",
+        "tensornet 8x1 5 Å": {"name": "tensornet", "hidden_channels": 8, "num_layers": 1, "cutoff": 5.0, "num_rbf": 8},
+        "painn 8x1 3.5 Å": {"name": "painn", "hidden_channels": 8, "num_layers": 1, "cutoff": 3.5},
+    }
+    monkeypatch.setattr(apc, "RMD17_MODELS", tiny)
+    monkeypatch.setattr(apc, "RMD17_DEFAULT", list(tiny))
+    out = tmp_path / "run"
+    argv = ["--dataset", "rmd17:aspirin", "--data-root", str(RMD17.parent), "--out", str(out), "--train-frames", "10",
+            "--val-frames", "5", "--test-frames", "4", "--max-epochs", "1", "--cap-min", "5", "--rounds", "1",
+            "--inner", "1", "--no-write"]  # fmt: skip
+    res = apc.main(argv)
+    models = res["models"]
+    assert list(models) == list(tiny)  # no equal-epoch reruns: every model got its 1 epoch
+    assert res["dataset"] == "rmd17:aspirin" and res["n_frames"] == {"train": 10, "val": 5, "test": 4}
+    ref = models[apc.MACE]
+    for label, m in models.items():
+        assert (m["max_epochs"], m["cap_s"], m["epochs_planned"], m["epochs_done"]) == (1, 300.0, 1, 1), label
+        assert m["recipe"] == ref["recipe"] and m["recipe"]["train"]["batch_size"] == 5
+        assert m["recipe"]["objective"]["force_weight"] == 10.0 and m["recipe"]["objective"]["loss_kind"] == "mse"
+        assert m["n_frames"] == ref["n_frames"] and m["data_hash"] == ref["data_hash"]
+        assert m["test_hash"] == ref["test_hash"] and m["test_indices"] == [0, 250, 500, 750]
+        assert m["steps"] == 2  # 10 frames, batch 5
+        assert np.isfinite(m["test"]["force_mae_meV_per_A"])
+    splits = [np.load(out / apc.slug(label) / "splits.npz") for label in tiny]
+    for s in splits[1:]:
+        for part in ("train", "val"):
+            assert np.array_equal(s[part], splits[0][part])
+    speed = res["speed"]
+    assert speed["sizes"] == [21] and set(speed["models"]) == set(tiny)
+    for s in speed["models"].values():
+        assert s["ms_21"] > 0 and "vs_mace_21" in s
+
+    text = apc.table(res)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(tiny)
+    head = [line for line in text.splitlines() if line.startswith("| model")][0]
+    assert "force MAE meV/Å" in head and "ms/call @21" in head and "vs MACE-small @21" in head
+    assert rows[0].split(" | ")[head.split(" | ").index("vs MACE-small @21")].startswith("1.0x")
+    assert "rMD17 aspirin" in text and "at most 1 epochs and at most 5 min" in text
+
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# results\n")
+    bench = apc.rmd17_bench("aspirin")
+    for _ in range(2):  # appended once, then replaced in place
+        apc.write_results(res, log=lambda *a: None, block=bench.block, path=results_md)
+    md = results_md.read_text()
+    assert md.count(bench.block[0]) == 1 and md.count(bench.block[1]) == 1 and "| MACE-small |" in md
+
+    again = apc.main(argv)  # resumable: every model skipped, timing reused
+    assert json.dumps(again["models"], sort_keys=True) == json.dumps(models, sort_keys=True)
+    assert json.dumps(again["speed"], sort_keys=True) == json.dumps(speed, sort_keys=True)  # (tuples: lists)
