@@ -6,6 +6,8 @@
     python experiments/compare_pretraining.py --dataset water-dft --model egnn --seeds 0 1
     python experiments/compare_pretraining.py --dataset tip3p-traj --model egnn --layers 3 --pretrain-seeds 0 \
         --finetune-steps 400 --patience 20 --labels 16 64     # separate trajectories (water_sources.py)
+    python experiments/compare_pretraining.py --dataset water-dft-transfer --model egnn --layers 3 \
+        --pool-trajectories 4 --pool-frames 500 --labels 8 32 128   # TIP3P pool -> DFT labels (water_transfer.py)
 
 For one dataset, one model and several seeds, every seed runs:
 
@@ -34,6 +36,11 @@ subset), ``splits/``, ``runs/<run>/`` (maskpot run folders), ``configs/<run>.yam
 std over seeds, one panel per label count), ``accuracy_vs_labels.png``; a markdown table is
 appended to ``experiments/RESULTS.md`` (``--results-md``).
 
+``--dataset water-dft-transfer`` (experiments/water_transfer.py) pretrains on independent TIP3P
+trajectories in the DFT box and fine-tunes on the DFT frames, with three more arms: ``supervised``
+(TIP3P energies/forces), ``mask_supervised`` (supervised pretraining started from the mask
+checkpoint) and ``mask_dft`` (masking on the unlabelled DFT fine-tuning candidates).
+
 Resumable: a run whose ``test_metrics.json`` exists is skipped, an interrupted one (``last.pt``
 without ``test_metrics.json``) is resumed exactly; a run folder whose stored config differs from
 the requested one is an error (use another ``--out``).
@@ -60,6 +67,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 STRATEGIES = ("scratch", "denoise", "mask")
+#: Arms of --dataset water-dft-transfer only (experiments/water_transfer.py).
+TRANSFER_STRATEGIES = ("supervised", "mask_supervised", "mask_dft")
+ALL_STRATEGIES = STRATEGIES + TRANSFER_STRATEGIES
 MODELS = ("egnn", "gns", "painn", "tensornet")
 RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde", "naphthalene",
                    "paracetamol", "salicylic", "toluene", "uracil")
@@ -91,12 +101,17 @@ class DatasetPlan:
     pretrain_n_train: Optional[int] = None
     pretrain_n_val: Optional[int] = None
     sources: Dict[str, Any] = field(default_factory=dict)
+    # pretraining data sets by name ("unlabelled", "labelled", "dft": water-dft-transfer), each
+    # {file, n_train, n_val, split}; empty: the one unlabelled set above (pretrain_file)
+    pretrain_sets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
 def parse_dataset(spec: str) -> Tuple[str, str]:
-    """``water-dft`` | ``tip3p`` | ``tip3p-traj`` | ``rmd17:<molecule>`` -> (kind, name)."""
+    """``water-dft`` | ``tip3p`` | ``tip3p-traj`` | ``water-dft-transfer`` | ``rmd17:<molecule>`` -> (kind, name)."""
     if spec in ("water-dft", "tip3p"):
         return "water", spec
+    if spec == "water-dft-transfer":
+        return "water-dft-transfer", spec
     if spec == "tip3p-traj":
         return "water-traj", spec
     if spec.startswith("rmd17:"):
@@ -104,7 +119,7 @@ def parse_dataset(spec: str) -> Tuple[str, str]:
         if mol not in RMD17_MOLECULES:
             raise ValueError(f"--dataset {spec}: unknown rMD17 molecule {mol!r} (one of {', '.join(RMD17_MOLECULES)})")
         return "rmd17", spec
-    raise ValueError(f"--dataset {spec!r}: expected water-dft, tip3p, tip3p-traj or rmd17:<molecule>")
+    raise ValueError(f"--dataset {spec!r}: expected water-dft, tip3p, tip3p-traj, water-dft-transfer or rmd17:<molecule>")
 
 
 def _generate_tip3p(out: Path, args: argparse.Namespace) -> Path:
@@ -132,6 +147,7 @@ def plan_dataset(args: argparse.Namespace, out: Path) -> DatasetPlan:
     """
     from maskpot.data.io import read_dataset, write_npz
 
+    resolve_defaults(args)
     kind, name = parse_dataset(args.dataset)
     root = Path(args.data_root)
     rng = np.random.default_rng(args.data_seed)
@@ -164,7 +180,7 @@ def plan_dataset(args: argparse.Namespace, out: Path) -> DatasetPlan:
         else:
             n_test = n_test_total
     else:
-        if name == "water-dft":
+        if name in ("water-dft", "water-dft-transfer"):
             labelled = root / "water_dft" / "deepmd_water"
             if not labelled.is_dir():
                 raise FileNotFoundError(f"{labelled}: DFT water folder not found (--data-root {root})")
@@ -184,8 +200,26 @@ def plan_dataset(args: argparse.Namespace, out: Path) -> DatasetPlan:
                        pool_idx=np.sort(pool), val_idx=np.sort(val_idx), test_idx=np.sort(test_idx),
                        configs=configs, n_test=n_test)
     assert not set(plan.pool_idx) & set(plan.val_idx) and not set(plan.pool_idx) & set(plan.test_idx)
+    if kind == "water-dft-transfer":
+        _add_transfer_sources(args, out, plan)
+        return plan
     plan.pretrain_file = write_unlabelled_pool(plan, out)
     return plan
+
+
+def _add_transfer_sources(args: argparse.Namespace, out: Path, plan: DatasetPlan) -> None:
+    """water-dft-transfer: the TIP3P pool (labelled + unlabelled copies) and the unlabelled DFT
+    candidates as pretraining sets (experiments/water_transfer.py)."""
+    src = _load_sibling("water_transfer").build_sources(out, args, _load_sibling("water_sources"), plan.labelled,
+                                                        plan.pool_idx)
+    plan.pretrain_sets = src["sets"]
+    unl = src["sets"]["unlabelled"]
+    plan.pretrain_file, plan.pretrain_n_train, plan.pretrain_n_val = unl["file"], unl["n_train"], unl["n_val"]
+    plan.sources = {"pool_trajectories": [str(p) for p in src["pool_paths"]], "trajectory_seeds": src["seeds"],
+                    "frame_spacing_ps": args.tip3p_every * 0.5e-3, "molecules": args.tip3p_molecules,
+                    "box_A": args.tip3p_box, "dft_path": str(plan.labelled), "dft_frames": plan.n_frames,
+                    "pretrain_files": {k: str(v["file"]) for k, v in src["sets"].items()},
+                    "dft_pretrain_train": src["sets"]["dft"]["n_train"], "dft_pretrain_val": src["sets"]["dft"]["n_val"]}
 
 
 def _plan_water_traj(args: argparse.Namespace, out: Path, name: str) -> DatasetPlan:
@@ -315,16 +349,26 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
     """Pretraining runs first, then fine-tuning ordered by N, seed, strategy (so that an
     interrupted grid holds complete seeds of the smallest N first)."""
     runs: List[Run] = []
-    n_tr = plan.pretrain_n_train if plan.pretrain_n_train is not None else len(plan.pool_idx)
-    n_va = plan.pretrain_n_val if plan.pretrain_n_val is not None else len(plan.val_idx)
-    n_pre = n_tr + n_va
-    pre_split = out / "splits" / "pretrain.npz"
-    pre_counts = _write_splits(pre_split, n_pre, np.arange(n_tr), np.arange(n_tr, n_pre),
-                               np.zeros(0, dtype=np.int64), args.data_seed)
+    sets = plan.pretrain_sets or {"unlabelled": {
+        "file": plan.pretrain_file, "split": "pretrain.npz",
+        "n_train": plan.pretrain_n_train if plan.pretrain_n_train is not None else len(plan.pool_idx),
+        "n_val": plan.pretrain_n_val if plan.pretrain_n_val is not None else len(plan.val_idx)}}
+    set_counts: Dict[str, Tuple[Dict[str, int], Path]] = {}
+    for key, ds in sets.items():
+        n_tr, n_va = int(ds["n_train"]), int(ds["n_val"])
+        split = out / "splits" / ds["split"]
+        set_counts[key] = (_write_splits(split, n_tr + n_va, np.arange(n_tr), np.arange(n_tr, n_tr + n_va),
+                                         np.zeros(0, dtype=np.int64), args.data_seed), split)
     common_model = model_overrides(args, plan)
     threads = [f"train.num_threads={args.threads}"] if args.threads else []
     patience = int(getattr(args, "patience", 0) or 0)
     pseeds = list(getattr(args, "pretrain_seeds", None) or args.seeds)
+    # the fine-tuning loss (also the supervised pretraining loss on TIP3P labels)
+    ef_objective = ["objective.energy_weight=1.0", "objective.force_weight=500.0", "objective.loss_kind=l1",
+                    "objective.per_atom_energy=true"]
+    # pretraining stages: mask_supervised continues the mask run, so mask runs when it is asked for
+    pre_strats = [s for s in ("denoise", "mask", "supervised", "mask_supervised", "mask_dft")
+                  if s in args.strategies or (s == "mask" and "mask_supervised" in args.strategies)]
     for seed in pseeds:
         pre_train = [
             f"train.epochs={args.pretrain_epochs}", f"train.batch_size={args.pretrain_batch_size}",
@@ -333,20 +377,34 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
             f"train.warmup_epochs={1 if args.pretrain_epochs > 1 else 0}", "train.ema_decay=0.0",
             "train.early_stopping_patience=0", f"train.seed={seed}", *threads,
         ]
-        data = [f"data.path={plan.pretrain_file}", "data.format=npz", "data.test_path=null",
-                f"data.splits={_yaml_flow(pre_counts)}", f"data.split_file={pre_split}", f"data.seed={args.data_seed}"]
-        for strat in ("denoise", "mask"):
-            if strat not in args.strategies:
-                continue
+        for strat in pre_strats:
+            task, set_key = _pretrain_stage(strat)
+            if set_key not in sets:
+                raise ValueError(f"--strategies {strat}: needs --dataset water-dft-transfer")
+            counts, split = set_counts[set_key]
+            data = [f"data.path={sets[set_key]['file']}", "data.format=npz", "data.test_path=null",
+                    f"data.splits={_yaml_flow(counts)}", f"data.split_file={split}", f"data.seed={args.data_seed}"]
             obj = ["objective={noise_sigma: 0.2, denoise_target: noise}"] if strat == "denoise" else []
-            if strat == "mask" and getattr(args, "mask_variant", None):
+            if task == "mask" and getattr(args, "mask_variant", None):
                 obj = [f"objective.mask_variant={args.mask_variant}"]
                 obj += ["objective.cosine_form=mean"] if args.mask_variant == "reference" else []
             name = f"pretrain_{strat}_s{seed}"
-            runs.append(Run(name, "pretrain", strat, seed, None, plan.configs[strat],
-                            [f"task={strat}", *obj, *data, *common_model, *pre_train,
+            dep = None
+            if task == "energy_force":  # supervised pretraining on the TIP3P labels
+                obj = ef_objective
+                if strat == "mask_supervised":  # in sequence: from the mask checkpoint, architecture from it
+                    dep = f"pretrain_mask_s{seed}"
+                    model = [f"init.checkpoint={out / 'runs' / dep / 'best.pt'}", "init.use_ema=true",
+                             "init.reset_heads=false", "init.freeze_encoder=false"]
+                else:
+                    model = [*common_model, "init.checkpoint=null"]
+                base = plan.configs["finetune"] if dep else plan.configs["scratch"]
+            else:
+                model, base = common_model, plan.configs[strat if strat in plan.configs else task]
+            runs.append(Run(name, "pretrain", strat, seed, None, base,
+                            [f"task={task}", *obj, *data, *model, *pre_train,
                              "output.progress=false", "output.plot=false", f"output.dir={out / 'runs' / name}"],
-                            out / "runs" / name))
+                            out / "runs" / name, dep))
     for n_label in args.labels:
         for seed in args.seeds:
             train_idx = labelled_subset(plan, seed, n_label)
@@ -357,8 +415,7 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
                 "task=energy_force", f"data.path={plan.labelled}",
                 f"data.test_path={plan.test_path if plan.test_path else 'null'}",
                 f"data.splits={_yaml_flow(counts)}", f"data.split_file={split}", f"data.seed={args.data_seed}",
-                "objective.energy_weight=1.0", "objective.force_weight=500.0", "objective.loss_kind=l1",
-                "objective.per_atom_energy=true",
+                *ef_objective,
                 f"train.epochs={finetune_epochs(args, n_label)}", f"train.batch_size={args.batch_size}",
                 f"train.eval_batch_size={args.eval_batch_size}", f"train.lr={args.lr}", f"train.min_lr={args.lr / 100}",
                 "train.scheduler=cosine", "train.warmup_epochs=0", f"train.ema_decay={args.ema}",
@@ -379,11 +436,18 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
     return runs
 
 
+def _pretrain_stage(strat: str) -> Tuple[str, str]:
+    """(task, pretraining data set) of a pretraining arm."""
+    return {"denoise": ("denoise", "unlabelled"), "mask": ("mask", "unlabelled"),
+            "supervised": ("energy_force", "labelled"), "mask_supervised": ("energy_force", "labelled"),
+            "mask_dft": ("mask", "dft")}[strat]
+
+
 def resolve(run: Run) -> Dict[str, Any]:
     from maskpot.training.config import load_config
 
     cfg = load_config(run.base_config, run.overrides)
-    if run.stage == "finetune" and run.strategy != "scratch":
+    if run.depends is not None:
         cfg["model"] = {}  # the architecture comes from the checkpoint (identical model keys)
     return cfg
 
@@ -519,16 +583,19 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
         if str(n_label) in by:
             _add_vs_scratch(args, runs, results, n_label, by[str(n_label)])
     pre = {}
-    for strat in ("mask", "denoise"):
+    metric = {"mask": "val_mean_cosine", "mask_dft": "val_mean_cosine", "denoise": "val_vector_rmse",
+              "supervised": FORCE_COL, "mask_supervised": FORCE_COL}
+    for strat in ("mask", "denoise", "supervised", "mask_supervised", "mask_dft"):
         rs = [r for r in runs if r.stage == "pretrain" and r.strategy == strat and r.name in results]
         if not rs:
             continue
-        key = "val_mean_cosine" if strat == "mask" else "val_vector_rmse"
+        key = metric[strat]
         first = [read_curve(r.dir, key)[0] for r in rs]
         last = [read_curve(r.dir, key)[-1] for r in rs]
         pre[strat] = {"metric": key, "first_epoch": first, "last_epoch": last,
                       "curve_per_seed": [read_curve(r.dir, key) for r in rs], "seeds": [r.seed for r in rs],
-                      "geometry_baseline": [_geometry_baseline(r) for r in rs],
+                      "geometry_baseline": [_geometry_baseline(r) if strat in ("mask", "denoise") else None
+                                            for r in rs],
                       "wall_s": [results[r.name].get("wall_s") for r in rs]}
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -629,7 +696,8 @@ def plot(summary: Dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    colors = {"scratch": "tab:gray", "denoise": "tab:blue", "mask": "tab:red"}
+    colors = {"scratch": "tab:gray", "denoise": "tab:blue", "mask": "tab:red", "supervised": "tab:green",
+              "mask_supervised": "tab:purple", "mask_dft": "tab:orange"}
     labels = summary["labels"]
     fig, axes = plt.subplots(1, len(labels), figsize=(4.8 * len(labels), 3.8), squeeze=False)
     for ax, n in zip(axes[0], labels):
@@ -746,11 +814,14 @@ def markdown(summary: Dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="rmd17:aspirin", help="water-dft | tip3p | rmd17:<molecule>")
+    p.add_argument("--dataset", default="rmd17:aspirin",
+                   help="water-dft | tip3p | tip3p-traj | water-dft-transfer | rmd17:<molecule>")
     p.add_argument("--model", default="painn", choices=MODELS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--labels", type=int, nargs="+", default=[50], help="labelled fine-tuning frames (sweep)")
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--strategies", nargs="+", default=None, choices=ALL_STRATEGIES,
+                   help=f"default: {' '.join(STRATEGIES)} (water-dft-transfer: all six; {', '.join(TRANSFER_STRATEGIES)} "
+                        "need water-dft-transfer)")
     p.add_argument("--out", default=None, help="output folder (default: runs/compare/<dataset>_<model>)")
     p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT), help="shared data folder")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the pool/val/test split (fixed over --seeds)")
@@ -775,10 +846,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak lr (cosine to lr/100)")
     p.add_argument("--ema", type=float, default=0.0, help="fine-tuning EMA decay")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch default)")
-    p.add_argument("--tip3p-molecules", type=int, default=32)
-    p.add_argument("--tip3p-box", type=float, default=9.86)
+    p.add_argument("--tip3p-molecules", type=int, default=None, help="default 32 (water-dft-transfer: 64, as the DFT set)")
+    p.add_argument("--tip3p-box", type=float, default=None, help="Å; default 9.86 (water-dft-transfer: 12.4447, the DFT box)")
     p.add_argument("--tip3p-frames", type=int, default=200)
-    w = p.add_argument_group("tip3p-traj (separate trajectories for pool / labelled / test; experiments/water_sources.py)")
+    w = p.add_argument_group("tip3p-traj (separate trajectories for pool / labelled / test; experiments/water_sources.py) "
+                             "and water-dft-transfer (TIP3P pool trajectories; experiments/water_transfer.py)")
     w.add_argument("--tip3p-every", type=int, default=400, help="MD steps (0.5 fs) between saved frames")
     w.add_argument("--tip3p-equilibration", type=int, default=10000, help="MD steps before the first frame")
     w.add_argument("--pool-trajectories", type=int, default=4, help="independent pretraining-pool trajectories")
@@ -804,12 +876,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Dataset-dependent defaults (strategies, TIP3P box) and the strategy check, in place."""
+    transfer = parse_dataset(args.dataset)[0] == "water-dft-transfer"
+    if args.strategies is None:
+        args.strategies = list(ALL_STRATEGIES if transfer else STRATEGIES)
+    args.strategies = [s for s in ALL_STRATEGIES if s in args.strategies]
+    extra = [s for s in args.strategies if s in TRANSFER_STRATEGIES]
+    if extra and not transfer:
+        raise SystemExit(f"--strategies {' '.join(extra)}: only with --dataset water-dft-transfer")
+    if args.tip3p_molecules is None:
+        args.tip3p_molecules = 64 if transfer else 32
+    if args.tip3p_box is None:
+        args.tip3p_box = 12.4447 if transfer else 9.86
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.labels = sorted(set(args.labels))
     args.seeds = list(dict.fromkeys(args.seeds))
-    args.strategies = [s for s in STRATEGIES if s in args.strategies]
+    resolve_defaults(args)
     if args.egnn_reference and args.model != "egnn":
         raise SystemExit(f"--egnn-reference needs --model egnn (got --model {args.model})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -868,6 +955,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary["summary_only"] = bool(args.summary_only)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(summary, out)
+    if plan.kind == "water-dft-transfer":
+        wt, st = _load_sibling("water_transfer"), _load_sibling("stats")
+        wt.add_comparisons(summary, st)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        table = wt.markdown(summary, st, out)
+        print("\n" + table)
+        if args.results_md:
+            wt.write_block(Path(args.results_md), summary, table)
+        log.info("done in %.1f min: %s", wall / 60, out)
+        return 0
     if plan.kind == "water-traj":
         ws = _load_sibling("water_sources")
         table = ws.markdown(summary, _load_sibling("stats"), out)
