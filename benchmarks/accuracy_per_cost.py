@@ -623,13 +623,10 @@ def write_results(results: Dict[str, Any], log=print, block: Tuple[str, str] = B
                   path: Optional[Path] = None) -> None:
     """The table into ``path`` (``benchmarks/RESULTS.md``) between the ``block`` markers,
     appended with them the first time."""
-    from maskpot.utils import replace_marked_block
+    from maskpot.utils import upsert_marked_block
 
-    text = table(results)
     path = Path(path) if path is not None else HERE / "RESULTS.md"
-    if not path.is_file() or not replace_marked_block(path, block[0], block[1], text):
-        with open(path, "a") as fh:
-            fh.write(f"\n{block[0]}\n{text}\n{block[1]}\n")
+    upsert_marked_block(path, block[0], block[1], table(results))
     log(f"wrote {path}")
 
 

@@ -28,6 +28,8 @@ __all__ = [
     "epochs_to_reach",
     "epochs_to_scratch_final",
     "format_ci",
+    "format_mean_std",
+    "arm_table",
 ]
 
 #: Validation force error column of ``metrics.csv``.
@@ -185,3 +187,38 @@ def format_ci(stats: Mapping[str, object], digits: int = 1) -> str:
     if n < 2 or not math.isfinite(float(stats["half_width"])):  # type: ignore[arg-type]
         return f"{mean:+.{digits}f} ({n} seed)"
     return f"{mean:+.{digits}f} [{float(stats['low']):+.{digits}f}, {float(stats['high']):+.{digits}f}]"  # type: ignore[arg-type]
+
+
+def format_mean_std(values: Sequence[Optional[float]], digits: int) -> str:
+    """``'mean ± std'`` over seeds (sample std), the value alone for one seed, ``'n/a'`` for none."""
+    a = np.array([float(v) for v in values if v is not None], dtype=float)
+    if a.size == 0:
+        return "n/a"
+    if a.size == 1:
+        return f"{a[0]:.{digits}f}"
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
+
+
+def arm_table(summary: Mapping[str, object]) -> List[str]:
+    """Markdown rows (header included) of test errors per label count and arm, mean ± std over
+    seeds, from a ``compare_pretraining`` ``summary.json``."""
+    lines = [
+        "| N labels | arm | seeds | test F MAE (meV/Å) | test E MAE (meV/atom) | E mean offset (meV/atom) "
+        "| E RMSE, offset removed (meV/atom) | best epoch / epochs run | wall per run (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    results: Mapping[str, Mapping[str, Mapping[str, list]]] = summary["results"]  # type: ignore[assignment]
+    for n in summary["labels"]:  # type: ignore[union-attr]
+        for arm in summary["strategies"]:  # type: ignore[union-attr]
+            r = results.get(str(n), {}).get(arm)
+            if r is None:
+                continue
+            be = ", ".join(f"{x}/{y}" for x, y in zip(r["best_epoch_per_seed"], r.get("epochs_done_per_seed", [])))
+            lines.append(
+                f"| {n} | {arm} | {len(r['force_mae_meV_per_A_per_seed'])} "
+                f"| {format_mean_std(r['force_mae_meV_per_A_per_seed'], 1)} "
+                f"| {format_mean_std(r['energy_mae_meV_per_atom_per_seed'], 3)} "
+                f"| {format_mean_std(r.get('energy_mean_error_meV_per_atom_per_seed', []), 3)} "
+                f"| {format_mean_std(r.get('energy_rmse_centred_meV_per_atom_per_seed', []), 3)} | {be} "
+                f"| {format_mean_std(r.get('wall_s_per_seed', []), 0)} |")
+    return lines

@@ -126,23 +126,10 @@ def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
 
 def write_block(md: Path, summary: Dict[str, Any], table: str) -> None:
     """Replace this experiment's generated block of ``md`` (or append it)."""
-    from maskpot.utils import atomic_write_text, replace_marked_block
+    from maskpot.utils import upsert_marked_block
 
-    begin, end = block_markers(summary)
-    md.parent.mkdir(parents=True, exist_ok=True)
-    if md.is_file() and replace_marked_block(md, begin, end, table):
-        return
-    old = md.read_text() if md.is_file() else ""
-    atomic_write_text(md, old.rstrip("\n") + "\n\n" + begin + "\n" + table.strip("\n") + "\n" + end + "\n")
+    upsert_marked_block(md, *block_markers(summary), table)
 
-
-def _fmt(values: List[Any], digits: int) -> str:
-    a = np.array([float(v) for v in values if v is not None], dtype=float)
-    if a.size == 0:
-        return "n/a"
-    if a.size == 1:
-        return f"{a[0]:.{digits}f}"
-    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}"
 
 
 def _significant_lower(d: Dict[str, Any]) -> bool:
@@ -203,22 +190,8 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
         f"`best.pt`. {b['threads'] or 'default'} torch thread(s) per run. Wall time of the runs: pretraining "
         f"{pre_wall / 60:.1f} min, fine-tuning {ft_wall / 60:.1f} min.",
         "",
-        "| N labels | arm | seeds | test F MAE (meV/Å) | test E MAE (meV/atom) | E mean offset (meV/atom) "
-        "| E RMSE, offset removed (meV/atom) | best epoch / epochs run | wall per run (s) |",
-        "|---:|---|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for n in summary["labels"]:
-        for arm in summary["strategies"]:
-            r = summary["results"].get(str(n), {}).get(arm)
-            if r is None:
-                continue
-            be = ", ".join(f"{x}/{y}" for x, y in zip(r["best_epoch_per_seed"], r.get("epochs_done_per_seed", [])))
-            lines.append(
-                f"| {n} | {arm} | {len(r['force_mae_meV_per_A_per_seed'])} | {_fmt(r['force_mae_meV_per_A_per_seed'], 1)} "
-                f"| {_fmt(r['energy_mae_meV_per_atom_per_seed'], 3)} "
-                f"| {_fmt(r.get('energy_mean_error_meV_per_atom_per_seed', []), 3)} "
-                f"| {_fmt(r.get('energy_rmse_centred_meV_per_atom_per_seed', []), 3)} | {be} "
-                f"| {_fmt(r.get('wall_s_per_seed', []), 0)} |")
+    lines += st.arm_table(summary)
     lines += [
         "",
         "Paired by seed (same labelled subset, splits and fine-tuning seed): mean difference [95 % t interval] of "

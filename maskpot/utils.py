@@ -133,3 +133,15 @@ def replace_marked_block(path: PathLike, begin: str, end: str, text: str) -> boo
     head, rest = content.split(begin, 1)
     atomic_write_text(path, head + begin + "\n" + text.strip("\n") + "\n" + end + rest.split(end, 1)[1])
     return True
+
+
+def upsert_marked_block(path: PathLike, begin: str, end: str, text: str) -> None:
+    """Replace the marked block of ``path`` (see :func:`replace_marked_block`), or append it with
+    its markers when the file or the markers do not exist yet: reruns update one section instead
+    of appending copies. Atomic."""
+    path = Path(path)
+    if path.is_file() and replace_marked_block(path, begin, end, text):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.is_file() else ""
+    atomic_write_text(path, old.rstrip("\n") + "\n\n" + begin + "\n" + text.strip("\n") + "\n" + end + "\n")
