@@ -61,7 +61,14 @@ def train(name: str, config: str, out: Path, overrides: List[str], init: Optiona
     if init is not None:
         argv += ["--init", str(init)]
     if (run / "last.pt").exists():
+        # resuming: the stored config holds; only what maskpot-train lets change on resume (the
+        # epochs of --epochs, the thread count) is passed on, so `--epochs N` extends or shortens it
+        from maskpot.training.cli import RESUME_MAY_CHANGE
+
         argv = ["--resume", "--output", str(run)]
+        for o in overrides:
+            if o.split("=", 1)[0] in RESUME_MAY_CHANGE:
+                argv += ["--set", o]
     banner(f"training {name}: maskpot-train {' '.join(argv)}")
     if train_main(argv) != 0:
         raise SystemExit(f"training {name} failed")
