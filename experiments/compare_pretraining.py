@@ -36,6 +36,13 @@ subset), ``splits/``, ``runs/<run>/`` (maskpot run folders), ``configs/<run>.yam
 std over seeds, one panel per label count), ``accuracy_vs_labels.png``; a markdown table is
 appended to ``experiments/RESULTS.md`` (``--results-md``).
 
+``--dataset rmd17:<molecule> --pretrain-molecules all`` (or a list of molecules) pretrains on
+several rMD17 molecules' train_01 frames (labels removed; never the target's fine-tuning validation
+frames nor any test_01 frame), with the pretext validation set held out of that pool
+(``--pretrain-val-per-molecule``) and an optional cap ``--pretrain-frames-per-molecule``; the model's
+species are every element of the pool, for scratch as well (one architecture). ``--pretrain-only``
+runs the pretraining stages alone (pretext score vs the geometry-only rule, per molecule too).
+
 ``--dataset water-dft-transfer`` (experiments/water_transfer.py) pretrains on independent TIP3P
 trajectories in the DFT box and fine-tunes on the DFT frames, with three more arms: ``supervised``
 (TIP3P energies/forces), ``mask_supervised`` (supervised pretraining started from the mask
@@ -203,8 +210,112 @@ def plan_dataset(args: argparse.Namespace, out: Path) -> DatasetPlan:
     if kind == "water-dft-transfer":
         _add_transfer_sources(args, out, plan)
         return plan
+    if kind == "rmd17" and pretrain_molecules(args):
+        _add_multi_molecule_pool(args, out, plan, root)
+        return plan
+    if kind == "rmd17":
+        plan.sources = {"pretrain_molecules": [mol], "target_molecule": mol,
+                        "pretrain_frames_per_molecule": {mol: int(len(plan.pool_idx))},
+                        "pretrain_val_frames_per_molecule": {mol: int(len(plan.val_idx))},
+                        "pretrain_val": "the fine-tuning validation frames (unlabelled)"}
     plan.pretrain_file = write_unlabelled_pool(plan, out)
     return plan
+
+
+def pretrain_molecules(args: argparse.Namespace) -> List[str]:
+    """--pretrain-molecules resolved (``all`` = the ten rMD17 molecules, in RMD17_MOLECULES
+    order); empty: the default, the target molecule's own fine-tuning pool."""
+    spec = list(getattr(args, "pretrain_molecules", None) or [])
+    if not spec:
+        return []
+    if parse_dataset(args.dataset)[0] != "rmd17":
+        raise ValueError(f"--pretrain-molecules: only with --dataset rmd17:<molecule> (got {args.dataset})")
+    if spec == ["all"]:
+        return list(RMD17_MOLECULES)
+    bad = [m for m in spec if m not in RMD17_MOLECULES]
+    if bad or "all" in spec:
+        raise ValueError(f"--pretrain-molecules {' '.join(spec)}: expected 'all' or rMD17 molecules "
+                         f"({', '.join(RMD17_MOLECULES)})")
+    return [m for m in RMD17_MOLECULES if m in spec]  # canonical order, no duplicates
+
+
+def multi_molecule_selection(args: argparse.Namespace, plan: DatasetPlan, molecules: Sequence[str],
+                             n_frames: Dict[str, int]) -> Dict[str, Dict[str, np.ndarray]]:
+    """train_01 indices of every pretraining molecule: {mol: {"train": ..., "val": ...}}.
+
+    Candidates: every train_01 frame, except, for the target molecule, its fine-tuning validation
+    frames (test_01 is never read). A permutation per molecule (seed ``[--data-seed, 2, index of
+    the molecule in RMD17_MOLECULES]``, so a molecule's frames do not depend on the other
+    molecules of the list) gives first ``--pretrain-val-per-molecule`` pretext-validation frames,
+    then up to ``--pretrain-frames-per-molecule`` pretraining frames (0 = all the rest); the
+    validation frames are thus the same for every cap.
+    """
+    target = plan.name.split(":", 1)[1]
+    k = int(getattr(args, "pretrain_frames_per_molecule", 0) or 0)
+    v = int(getattr(args, "pretrain_val_per_molecule", 20))
+    sel: Dict[str, Dict[str, np.ndarray]] = {}
+    for m in molecules:
+        cand = np.arange(n_frames[m])
+        if m == target:
+            cand = np.setdiff1d(cand, plan.val_idx)
+        perm = cand[np.random.default_rng([args.data_seed, 2, RMD17_MOLECULES.index(m)]).permutation(len(cand))]
+        if v >= len(perm):
+            raise ValueError(f"--pretrain-val-per-molecule {v}: {m} has only {len(perm)} candidate frames")
+        val, rest = perm[:v], perm[v:]
+        sel[m] = {"train": np.sort(rest[:k] if k else rest), "val": np.sort(val)}
+    return sel
+
+
+def _add_multi_molecule_pool(args: argparse.Namespace, out: Path, plan: DatasetPlan, root: Path) -> None:
+    """--pretrain-molecules: the unlabelled pretraining file from several rMD17 molecules'
+    train_01 frames (``multi_molecule_selection``). Layout: the pretraining frames of every
+    molecule (in RMD17_MOLECULES order), then every molecule's pretext-validation frames; the
+    pretext validation set is held out of the pool itself, never a fine-tuning validation frame."""
+    from maskpot.data.io import read_dataset, write_npz
+
+    molecules = pretrain_molecules(args)
+    target = plan.name.split(":", 1)[1]
+    paths = {m: root / "rmd17" / f"rmd17_{m}_train_01.npz" for m in molecules}
+    for m, p in paths.items():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: rMD17 file of pretraining molecule {m} not found (--data-root {root})")
+    path = out / "data" / "pretrain_unlabelled.npz"
+    meta_want = {"pretrain_molecules": molecules, "target_molecule": target,
+                 "frames_per_molecule_cap": int(getattr(args, "pretrain_frames_per_molecule", 0) or 0),
+                 "val_per_molecule": int(getattr(args, "pretrain_val_per_molecule", 20)),
+                 "data_seed": int(args.data_seed), "finetune_val_indices": plan.val_idx.tolist()}
+    if path.is_file():
+        with np.load(path) as z:
+            meta = json.loads(str(z["metadata"]))
+        if any(meta.get(key) != val for key, val in meta_want.items()):
+            raise RuntimeError(f"{path} was written for other --pretrain-molecules / frame options: use another --out")
+        sel = {m: {k: np.asarray(v, dtype=np.int64) for k, v in d.items()} for m, d in meta["indices"].items()}
+    else:
+        data = {m: read_dataset(p) for m, p in paths.items()}
+        sel = multi_molecule_selection(args, plan, molecules, {m: len(d) for m, d in data.items()})
+        frames = [data[m][int(i)].copy(energy=None, forces=None) for part in ("train", "val") for m in molecules
+                  for i in sel[m][part]]
+        assert all(s.energy is None and s.forces is None for s in frames)
+        if target in sel:  # the target's fine-tuning validation frames never reach pretraining
+            assert not set(np.concatenate([sel[target]["train"], sel[target]["val"]]).tolist()) & set(plan.val_idx.tolist())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_npz(path, frames, metadata={
+            **meta_want, "labels": "removed (pretraining input)",
+            "sources": {m: str(p) for m, p in paths.items()},
+            "layout": "train frames of every molecule (pretrain_molecules order), then val frames likewise",
+            "indices": {m: {k: v.tolist() for k, v in d.items()} for m, d in sel.items()}})
+    n_tr = sum(len(sel[m]["train"]) for m in molecules)
+    n_va = sum(len(sel[m]["val"]) for m in molecules)
+    plan.pretrain_file, plan.pretrain_n_train, plan.pretrain_n_val = path, n_tr, n_va
+    # every element of the pool and of the target: the model's species (model_overrides), so that
+    # a checkpoint pretrained on the pool loads for any target and scratch has the same architecture
+    species = {int(z) for f in read_dataset(path) for z in np.unique(f.numbers)}
+    species |= {int(z) for z in np.unique(read_dataset(plan.labelled, index=[0])[0].numbers)}
+    plan.sources = {"pretrain_molecules": molecules, "target_molecule": target,
+                    "pretrain_frames_per_molecule": {m: int(len(sel[m]["train"])) for m in molecules},
+                    "pretrain_val_frames_per_molecule": {m: int(len(sel[m]["val"])) for m in molecules},
+                    "pretrain_val": "held-out frames of the pool (per molecule), no fine-tuning validation frame",
+                    "species": sorted(species)}
 
 
 def _add_transfer_sources(args: argparse.Namespace, out: Path, plan: DatasetPlan) -> None:
@@ -322,6 +433,8 @@ def _yaml_flow(d: Dict[str, Any]) -> str:
 def model_overrides(args: argparse.Namespace, plan: DatasetPlan) -> List[str]:
     cutoff = args.cutoff if args.cutoff is not None else (5.0 if plan.kind == "rmd17" else 3.5)
     extra = ["model.coord_updates=true", "model.distance_input=squared"] if getattr(args, "egnn_reference", False) else []
+    if plan.sources.get("species") and pretrain_molecules(args):  # multi-molecule pool: every element of it
+        extra.append(f"model.species=[{', '.join(str(z) for z in plan.sources['species'])}]")
     return [f"model.name={args.model}", f"model.hidden_channels={args.hidden}",
             f"model.num_layers={args.layers}", f"model.cutoff={cutoff}", *extra]
 
@@ -405,7 +518,7 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
                             [f"task={task}", *obj, *data, *model, *pre_train,
                              "output.progress=false", "output.plot=false", f"output.dir={out / 'runs' / name}"],
                             out / "runs" / name, dep))
-    for n_label in args.labels:
+    for n_label in ([] if getattr(args, "pretrain_only", False) else args.labels):
         for seed in args.seeds:
             train_idx = labelled_subset(plan, seed, n_label)
             split = out / "splits" / f"finetune_n{n_label}_s{seed}.npz"
@@ -592,11 +705,16 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
         key = metric[strat]
         first = [read_curve(r.dir, key)[0] for r in rs]
         last = [read_curve(r.dir, key)[-1] for r in rs]
-        pre[strat] = {"metric": key, "first_epoch": first, "last_epoch": last,
+        best = [_pretext_at_best(r, key) for r in rs]
+        pre[strat] = {"metric": key, "first_epoch": first, "last_epoch": last, "best_epoch_value": best,
                       "curve_per_seed": [read_curve(r.dir, key) for r in rs], "seeds": [r.seed for r in rs],
                       "geometry_baseline": [_geometry_baseline(r) if strat in ("mask", "denoise") else None
                                             for r in rs],
                       "wall_s": [results[r.name].get("wall_s") for r in rs]}
+        if _pretrain_stage(strat)[0] == "mask":
+            pre[strat]["mask_variant"] = _mask_variant(rs[0])
+        if strat in ("mask", "denoise") and len(plan.sources.get("pretrain_molecules") or []) > 1:
+            pre[strat]["per_molecule"] = [_pretext_per_molecule(r, plan.sources) for r in rs]
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": command,
@@ -606,6 +724,8 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
         "seeds": list(args.seeds),
         "labels": list(args.labels),
         "strategies": list(args.strategies),
+        "pretrain_only": bool(getattr(args, "pretrain_only", False)),
+        "mask_variant": getattr(args, "mask_variant", None),
         "out_name": Path(args.out).name if args.out else "",
         "sizes": {"pool_unlabelled": int(len(plan.pool_idx)), "val": int(len(plan.val_idx)), "test": int(plan.n_test),
                   "pretrain_train": plan.pretrain_n_train if plan.pretrain_n_train is not None else int(len(plan.pool_idx)),
@@ -626,6 +746,64 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
         "wall_s": wall_s,
         "run_wall_s": {k: v.get("wall_s") for k, v in results.items()},
     }
+
+
+def _pretext_at_best(run: Run, key: str) -> Optional[float]:
+    """The validation pretext metric of the epoch ``best.pt`` was saved at (lowest validation loss)."""
+    try:
+        best = json.loads((run.dir / "run.json").read_text()).get("summary", {}).get("best_epoch")
+        curve = read_curve(run.dir, key)
+        return float(curve[int(best) - 1]) if best and 0 < int(best) <= len(curve) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _pretext_per_molecule(run: Run, sources: Dict[str, Any]) -> Optional[Dict[str, Dict[str, float]]]:
+    """Multi-molecule pool: ``best.pt``'s pretext score and the geometry-only rule's on each
+    molecule's pretext-validation frames (both on the same targets: that subset, the run's seed)."""
+    import yaml
+
+    from maskpot.data.dataset import load_splits
+    from maskpot.data.io import read_dataset
+    from maskpot.training.checkpoint import model_from_checkpoint
+    from maskpot.training.evaluate import evaluate
+    from maskpot.training.objectives import build_objective
+    from maskpot.training.pretext_baseline import baseline_scores
+
+    try:
+        cfg = yaml.safe_load((run.dir / "config.yaml").read_text())
+        d, seed = cfg["data"], int(cfg["train"]["seed"])
+        samples = read_dataset(d["path"], format=d.get("format"))
+        val = [samples[int(i)] for i in load_splits(Path(d["split_file"]), len(samples))["val"]]
+        objective = build_objective(cfg["task"], cfg["objective"])
+        model = model_from_checkpoint(run.dir / "best.pt")
+        dtype = next(model.parameters()).dtype
+        learned_key = "mean_cosine" if cfg["task"] == "mask" else "vector_rmse"
+        out: Dict[str, Dict[str, float]] = {}
+        start = 0
+        for m in sources["pretrain_molecules"]:  # validation layout: molecule by molecule
+            n = int(sources["pretrain_val_frames_per_molecule"][m])
+            sub = val[start: start + n]
+            start += n
+            learned = evaluate(model, sub, objective, batch_size=int(cfg["train"].get("eval_batch_size") or 16),
+                               dtype=dtype, seed=seed)
+            rule = baseline_scores(sub, objective, seed=seed)
+            out[m] = {"learned": float(learned[learned_key]), "rule": float(rule[learned_key]), "n_frames": n}
+        return out
+    except Exception as exc:  # a missing breakdown must not lose the experiment's summary
+        log.warning("per-molecule pretext scores of %s failed: %s", run.name, exc)
+        return None
+
+
+def _mask_variant(run: Run) -> str:
+    """The masking variant a pretraining run used (its stored config; the objective's default: local)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run.dir / "config.yaml").read_text())
+        return str((cfg.get("objective") or {}).get("mask_variant") or "local")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
 
 
 def _per_atom(res: Dict[str, Any], key: str) -> Optional[float]:
@@ -739,38 +917,63 @@ def plot(summary: Dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def pretrain_pool_text(summary: Dict[str, Any]) -> str:
+    """Which frames the pretraining used: molecules and frame counts (rMD17), or the pool size."""
+    z, src = summary["sizes"], summary.get("sources") or {}
+    mols = src.get("pretrain_molecules")
+    if not mols:
+        return f"pretraining pool {z['pool_unlabelled']} unlabelled frames"
+    tr, va = src.get("pretrain_frames_per_molecule", {}), src.get("pretrain_val_frames_per_molecule", {})
+    per = ", ".join(f"{m} {tr.get(m, '?')}" for m in mols)
+    if len(mols) == 1 and mols[0] == src.get("target_molecule"):
+        return (f"pretraining on {mols[0]} only: {z['pretrain_train']} unlabelled train_01 frames (the fine-tuning "
+                f"pool), pretext validation = the {z['pretrain_val']} fine-tuning validation frames")
+    return (f"pretraining on {len(mols)} rMD17 molecules ({', '.join(mols)}): {z['pretrain_train']} unlabelled "
+            f"train_01 frames ({per}) + {z['pretrain_val']} pretext-validation frames held out of the pool "
+            f"({', '.join(f'{m} {va.get(m, chr(63))}' for m in mols)}); no fine-tuning validation or test_01 frame; "
+            f"model species {src.get('species')}")
+
+
 def markdown(summary: Dict[str, Any]) -> str:
     m, b, z = summary["model"], summary["budgets"], summary["sizes"]
     E = b["finetune_epochs"]
     q = max(1, E // 4)
+    variant = (summary.get("pretraining", {}).get("mask") or {}).get("mask_variant")
+    ft_text = ("no fine-tuning (--pretrain-only)" if summary.get("pretrain_only") else
+               f"fine-tuning {E} epochs, batch {b['finetune_batch_size']}, lr {b['finetune_lr']:g} cosine → "
+               f"{b['finetune_lr'] / 100:g}, EMA {b['ema_decay']}; validation {z['val']} frames; "
+               f"test {z['test']} frames ({z['test_source']})")
     lines = [
         f"### {summary['date']} — {summary['dataset']}, {m['name']} (hidden {m['hidden_channels']}, "
-        f"{m['num_layers']} layers, cutoff {m['cutoff']} Å), seeds {summary['seeds']}",
+        f"{m['num_layers']} layers, cutoff {m['cutoff']} Å), seeds {summary['seeds']}"
+        + (f", mask variant {variant}" if variant else ""),
         "",
         f"Command: `{summary['command']}`",
         "",
-        f"Sizes: pretraining pool {z['pool_unlabelled']} unlabelled frames ({b['pretrain_epochs']} epochs, batch "
-        f"{b['pretrain_batch_size']}, lr {b['pretrain_lr']:g}); fine-tuning {E} epochs, batch {b['finetune_batch_size']}, "
-        f"lr {b['finetune_lr']:g} cosine → {b['finetune_lr'] / 100:g}, EMA {b['ema_decay']}; validation {z['val']} frames; "
-        f"test {z['test']} frames ({z['test_source']}). Wall time {summary['wall_s'] / 60:.1f} min "
+        f"Sizes: {pretrain_pool_text(summary)} ({b['pretrain_epochs']} epochs, batch "
+        f"{b['pretrain_batch_size']}, lr {b['pretrain_lr']:g}); {ft_text}. Wall time {summary['wall_s'] / 60:.1f} min "
         f"({b['threads'] or 'default'} thread(s)). Mean ± sample std over {len(summary['seeds'])} seeds.",
-        "",
-        f"| N labels | strategy | test E MAE (meV/atom) | test F MAE (meV/Å) | val F MAE @ epoch {q} (meV/Å) | best epoch |",
-        "|---:|---|---:|---:|---:|---:|",
     ]
-    for n in summary["labels"]:
-        for strat in summary["strategies"]:
-            r = summary["results"][str(n)][strat]
-            c = r["val_force_mae_curve_mean"]
-            cs = r["val_force_mae_curve_std"]
-            early = f"{c[q - 1]:.1f} ± {cs[q - 1]:.1f}" if len(c) >= q else "n/a"
-            be = [x for x in r["best_epoch_per_seed"] if x is not None]
-            lines.append(
-                f"| {n} | {strat} | {r['energy_mae_meV_per_atom']['mean']:.2f} ± {r['energy_mae_meV_per_atom']['std']:.2f} "
-                f"| {r['force_mae_meV_per_A']['mean']:.1f} ± {r['force_mae_meV_per_A']['std']:.1f} | {early} "
-                f"| {', '.join(str(x) for x in be)} |"
-            )
-    if any("vs_scratch" in summary["results"][str(n)].get(strat, {}) for n in summary["labels"]
+    rows = [(n, strat) for n in summary["labels"] for strat in summary["strategies"]
+            if strat in summary["results"].get(str(n), {})]
+    if rows:
+        lines += [
+            "",
+            f"| N labels | strategy | test E MAE (meV/atom) | test F MAE (meV/Å) | val F MAE @ epoch {q} (meV/Å) | best epoch |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+    for n, strat in rows:
+        r = summary["results"][str(n)][strat]
+        c = r["val_force_mae_curve_mean"]
+        cs = r["val_force_mae_curve_std"]
+        early = f"{c[q - 1]:.1f} ± {cs[q - 1]:.1f}" if len(c) >= q else "n/a"
+        be = [x for x in r["best_epoch_per_seed"] if x is not None]
+        lines.append(
+            f"| {n} | {strat} | {r['energy_mae_meV_per_atom']['mean']:.2f} ± {r['energy_mae_meV_per_atom']['std']:.2f} "
+            f"| {r['force_mae_meV_per_A']['mean']:.1f} ± {r['force_mae_meV_per_A']['std']:.1f} | {early} "
+            f"| {', '.join(str(x) for x in be)} |"
+        )
+    if any("vs_scratch" in summary["results"].get(str(n), {}).get(strat, {}) for n in summary["labels"]
            for strat in summary["strategies"]):
         st = _load_sibling("stats")
         lines += [
@@ -784,7 +987,7 @@ def markdown(summary: Dict[str, Any]) -> str:
         ]
         for n in summary["labels"]:
             for strat in summary["strategies"]:
-                v = summary["results"][str(n)][strat].get("vs_scratch")
+                v = summary["results"].get(str(n), {}).get(strat, {}).get("vs_scratch")
                 if v is None:
                     continue
                 ep = ", ".join("—" if x is None else str(x) for x in v["epochs_to_scratch_final_val_force_per_seed"])
@@ -798,14 +1001,31 @@ def markdown(summary: Dict[str, Any]) -> str:
         for strat, p in pre.items():
             f = np.mean(p["first_epoch"])
             l_ = np.mean(p["last_epoch"])
-            text = f"{strat}: {p['metric']} {f:.3f} (epoch 1) → {l_:.3f} (last epoch)"
+            name = f"{strat} (variant {p['mask_variant']})" if p.get("mask_variant") else strat
+            text = f"{name}: {p['metric']} {f:.3f} (epoch 1) → {l_:.3f} (last epoch)"
+            best = [x for x in p.get("best_epoch_value") or [] if x is not None]
+            if best:
+                text += f", {np.mean(best):.3f} at best.pt"
             base = [b for b in p.get("geometry_baseline") or [] if b]
-            bkey = "mean_cosine" if strat == "mask" else "vector_rmse"
+            bkey = "mean_cosine" if strat in ("mask", "mask_dft") else "vector_rmse"
             if base and all(bkey in b for b in base):
-                text += f", geometry-only rule {np.mean([b[bkey] for b in base]):.3f}"
+                rule = float(np.mean([b[bkey] for b in base]))
+                text += f", geometry-only rule {rule:.3f}"
+                if best:
+                    text += f" (learned − rule {np.mean(best) - rule:+.3f})"
             parts.append(text)
         lines.append("Pretraining (validation, mean over seeds; the geometry-only rule of "
                      "maskpot.training.pretext_baseline on the same targets): " + "; ".join(parts) + ".")
+        for strat, p in pre.items():
+            per = [x for x in p.get("per_molecule") or [] if x]
+            if not per:
+                continue
+            key = "mean_cosine" if strat == "mask" else "vector_rmse"
+            cells = [f"{m} {np.mean([x[m]['learned'] for x in per]):.3f} / {np.mean([x[m]['rule'] for x in per]):.3f}"
+                     for m in per[0]]
+            name = f"{strat} (variant {p['mask_variant']})" if p.get("mask_variant") else strat
+            lines.append(f"Per molecule, {name} {key} of best.pt / geometry-only rule on each molecule's held-out "
+                         f"pretext-validation frames: " + ", ".join(cells) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -832,6 +1052,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-variant", default=None, choices=("local", "reference"),
                    help="rMD17 masking: local (flagged neighbours of the hole) or the reference code's (every atom, "
                         "from the farthest hole, no flag, with its loss: cosine_form mean); default: the config's")
+    r = p.add_argument_group("rMD17 pretraining pool (--dataset rmd17:<molecule>)")
+    r.add_argument("--pretrain-molecules", nargs="+", default=None, metavar="MOL",
+                   help="pretrain on these molecules' train_01 frames (labels removed; 'all' = the ten), never the "
+                        "target's fine-tuning validation frames nor any test_01 frame; pretext validation = held-out "
+                        "frames of the pool. Default: the target's own fine-tuning pool (validation = its "
+                        "fine-tuning validation frames)")
+    r.add_argument("--pretrain-frames-per-molecule", type=int, default=0,
+                   help="with --pretrain-molecules: random pretraining frames per molecule (seed --data-seed; 0 = all)")
+    r.add_argument("--pretrain-val-per-molecule", type=int, default=20,
+                   help="with --pretrain-molecules: pretext-validation frames per molecule (held out of the pool)")
+    r.add_argument("--pretrain-only", action="store_true",
+                   help="run the pretraining stages only (pretext scores vs the geometry-only rule; no fine-tuning)")
     p.add_argument("--egnn-reference", action="store_true",
                    help="EGNN with the reference's coordinate updates and squared-distance input (--model egnn)")
     p.add_argument("--hidden", type=int, default=64)
@@ -899,6 +1131,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     resolve_defaults(args)
     if args.egnn_reference and args.model != "egnn":
         raise SystemExit(f"--egnn-reference needs --model egnn (got --model {args.model})")
+    try:
+        pretrain_molecules(args)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    if args.pretrain_only and not [s for s in args.strategies if s != "scratch"]:
+        raise SystemExit("--pretrain-only: --strategies has no pretraining arm")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("maskpot").setLevel(logging.WARNING)
     t_start = time.time()
@@ -921,8 +1159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (out / "commands.sh").write_text(
         "# equivalent maskpot-train command lines (run from the repository root), in order\n"
         + "\n".join(cli_line(r) for r in runs) + "\n")
-    log.info("%s: %d runs (%s), pool %d, val %d, test %d -> %s", plan.name, len(runs), ", ".join(args.strategies),
-             len(plan.pool_idx), len(plan.val_idx), plan.n_test, out)
+    log.info("%s: %d runs (%s), pool %d, val %d, test %d, pretraining %d + %d (pretext val) frames -> %s", plan.name,
+             len(runs), ", ".join(args.strategies), len(plan.pool_idx), len(plan.val_idx), plan.n_test,
+             plan.pretrain_n_train if plan.pretrain_n_train is not None else len(plan.pool_idx),
+             plan.pretrain_n_val if plan.pretrain_n_val is not None else len(plan.val_idx), out)
 
     from tqdm.auto import tqdm
 
@@ -954,7 +1194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary["runs_planned"], summary["runs_finished"] = len(runs), len(results)
     summary["summary_only"] = bool(args.summary_only)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(summary, out)
+    if summary["results"]:  # nothing fine-tuned yet (or --pretrain-only): no curves to plot
+        plot(summary, out)
     if plan.kind == "water-dft-transfer":
         wt, st = _load_sibling("water_transfer"), _load_sibling("stats")
         wt.add_comparisons(summary, st)
