@@ -1,0 +1,185 @@
+"""Plots and the markdown table of ``compare_pretraining.py`` for rMD17 / water-dft / tip3p (the
+tip3p-traj and water-dft-transfer tables are in ``water_sources.py`` / ``water_transfer.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+
+
+def _load_sibling(name: str) -> Any:
+    """Another module of experiments/, loaded by path (this script runs as a file)."""
+    key = f"maskpot_experiments_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[key]
+
+
+def plot(summary: Dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    colors = {"scratch": "tab:gray", "denoise": "tab:blue", "mask": "tab:red", "supervised": "tab:green",
+              "mask_supervised": "tab:purple", "mask_dft": "tab:orange"}
+    labels = summary["labels"]
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.8 * len(labels), 3.8), squeeze=False)
+    for ax, n in zip(axes[0], labels):
+        for strat, res in summary["results"].get(str(n), {}).items():
+            m, s = np.array(res["val_force_mae_curve_mean"]), np.array(res["val_force_mae_curve_std"])
+            ep = np.arange(1, len(m) + 1)
+            ax.plot(ep, m, color=colors.get(strat), label=strat)
+            ax.fill_between(ep, m - s, m + s, color=colors.get(strat), alpha=0.2, lw=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("fine-tuning epoch")
+        ax.set_ylabel("validation force MAE (meV/Å)")
+        ax.set_title(f"{summary['dataset']}, {summary['model']['name']}, N={n} labels")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "convergence.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    for ax, key, ylabel in ((axes[0], "energy_mae_meV_per_atom", "test energy MAE (meV/atom)"),
+                            (axes[1], "force_mae_meV_per_A", "test force MAE (meV/Å)")):
+        for strat in summary["strategies"]:
+            ns = [n for n in labels if strat in summary["results"].get(str(n), {})]
+            m = [summary["results"][str(n)][strat][key]["mean"] for n in ns]
+            s = [summary["results"][str(n)][strat][key]["std"] for n in ns]
+            ax.errorbar(ns, m, yerr=s, marker="o", capsize=3, color=colors.get(strat), label=strat)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(labels)
+        ax.set_xticklabels([str(n) for n in labels])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("labelled frames N")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(f"{summary['dataset']}, {summary['model']['name']}, seeds {summary['seeds']}")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_labels.png", dpi=120)
+    plt.close(fig)
+
+
+def pretrain_pool_text(summary: Dict[str, Any]) -> str:
+    """Which frames the pretraining used: molecules and frame counts (rMD17), or the pool size."""
+    z, src = summary["sizes"], summary.get("sources") or {}
+    mols = src.get("pretrain_molecules")
+    if not mols:
+        return f"pretraining pool {z['pool_unlabelled']} unlabelled frames"
+    tr, va = src.get("pretrain_frames_per_molecule", {}), src.get("pretrain_val_frames_per_molecule", {})
+    per = ", ".join(f"{m} {tr.get(m, '?')}" for m in mols)
+    if len(mols) == 1 and mols[0] == src.get("target_molecule"):
+        return (f"pretraining on {mols[0]} only: {z['pretrain_train']} unlabelled train_01 frames (the fine-tuning "
+                f"pool), pretext validation = the {z['pretrain_val']} fine-tuning validation frames")
+    return (f"pretraining on {len(mols)} rMD17 molecules ({', '.join(mols)}): {z['pretrain_train']} unlabelled "
+            f"train_01 frames ({per}) + {z['pretrain_val']} pretext-validation frames held out of the pool "
+            f"({', '.join(f'{m} {va.get(m, chr(63))}' for m in mols)}); no fine-tuning validation or test_01 frame; "
+            f"model species {src.get('species')}")
+
+
+def markdown(summary: Dict[str, Any]) -> str:
+    m, b, z = summary["model"], summary["budgets"], summary["sizes"]
+    E = b["finetune_epochs"]
+    q = max(1, E // 4)
+    variant = (summary.get("pretraining", {}).get("mask") or {}).get("mask_variant")
+    ft_text = ("no fine-tuning (--pretrain-only)" if summary.get("pretrain_only") else
+               f"fine-tuning {E} epochs, batch {b['finetune_batch_size']}, lr {b['finetune_lr']:g} cosine → "
+               f"{b['finetune_lr'] / 100:g}, EMA {b['ema_decay']}; validation {z['val']} frames; "
+               f"test {z['test']} frames ({z['test_source']})")
+    lines = [
+        f"### {summary['date']} — {summary['dataset']}, {m['name']} (hidden {m['hidden_channels']}, "
+        f"{m['num_layers']} layers, cutoff {m['cutoff']} Å), seeds {summary['seeds']}"
+        + (f", mask variant {variant}" if variant else ""),
+        "",
+        f"Command: `{summary['command']}`",
+        "",
+        f"Sizes: {pretrain_pool_text(summary)} ({b['pretrain_epochs']} epochs, batch "
+        f"{b['pretrain_batch_size']}, lr {b['pretrain_lr']:g}); {ft_text}. Wall time {summary['wall_s'] / 60:.1f} min "
+        f"({b['threads'] or 'default'} thread(s)). Mean ± sample std over {len(summary['seeds'])} seeds.",
+    ]
+    rows = [(n, strat) for n in summary["labels"] for strat in summary["strategies"]
+            if strat in summary["results"].get(str(n), {})]
+    if rows:
+        lines += [
+            "",
+            f"| N labels | strategy | test E MAE (meV/atom) | test F MAE (meV/Å) | val F MAE @ epoch {q} (meV/Å) | best epoch |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+    for n, strat in rows:
+        r = summary["results"][str(n)][strat]
+        c = r["val_force_mae_curve_mean"]
+        cs = r["val_force_mae_curve_std"]
+        early = f"{c[q - 1]:.1f} ± {cs[q - 1]:.1f}" if len(c) >= q else "n/a"
+        be = [x for x in r["best_epoch_per_seed"] if x is not None]
+        lines.append(
+            f"| {n} | {strat} | {r['energy_mae_meV_per_atom']['mean']:.2f} ± {r['energy_mae_meV_per_atom']['std']:.2f} "
+            f"| {r['force_mae_meV_per_A']['mean']:.1f} ± {r['force_mae_meV_per_A']['std']:.1f} | {early} "
+            f"| {', '.join(str(x) for x in be)} |"
+        )
+    if any("vs_scratch" in summary["results"].get(str(n), {}).get(strat, {}) for n in summary["labels"]
+           for strat in summary["strategies"]):
+        st = _load_sibling("stats")
+        lines += [
+            "",
+            "Against scratch, paired by seed: mean test-error difference [95 % t interval] (negative = better "
+            "than scratch), and the fine-tuning epochs each seed needs to reach its scratch run's final "
+            f"validation force MAE (— = not within {E} epochs).",
+            "",
+            "| N labels | strategy | Δ test F MAE (meV/Å) | Δ test E MAE (meV/atom) | epochs to scratch's final val F MAE |",
+            "|---:|---|---:|---:|---|",
+        ]
+        for n in summary["labels"]:
+            for strat in summary["strategies"]:
+                v = summary["results"].get(str(n), {}).get(strat, {}).get("vs_scratch")
+                if v is None:
+                    continue
+                ep = ", ".join("—" if x is None else str(x) for x in v["epochs_to_scratch_final_val_force_per_seed"])
+                df = st.format_ci(v["force_mae_meV_per_A"], 1) if "force_mae_meV_per_A" in v else "(reference)"
+                de = st.format_ci(v["energy_mae_meV_per_atom"], 2) if "energy_mae_meV_per_atom" in v else "(reference)"
+                lines.append(f"| {n} | {strat} | {df} | {de} | {ep} |")
+    pre = summary.get("pretraining", {})
+    if pre:
+        lines.append("")
+        parts = []
+        for strat, p in pre.items():
+            f = np.mean(p["first_epoch"])
+            l_ = np.mean(p["last_epoch"])
+            name = f"{strat} (variant {p['mask_variant']})" if p.get("mask_variant") else strat
+            text = f"{name}: {p['metric']} {f:.3f} (epoch 1) → {l_:.3f} (last epoch)"
+            best = [x for x in p.get("best_epoch_value") or [] if x is not None]
+            if best:
+                text += f", {np.mean(best):.3f} at best.pt"
+            base = [b for b in p.get("geometry_baseline") or [] if b]
+            bkey = "mean_cosine" if strat in ("mask", "mask_dft") else "vector_rmse"
+            if base and all(bkey in b for b in base):
+                rule = float(np.mean([b[bkey] for b in base]))
+                text += f", geometry-only rule {rule:.3f}"
+                if best:
+                    text += f" (learned − rule {np.mean(best) - rule:+.3f})"
+            parts.append(text)
+        lines.append("Pretraining (validation, mean over seeds; the geometry-only rule of "
+                     "maskpot.training.pretext_baseline on the same targets): " + "; ".join(parts) + ".")
+        for strat, p in pre.items():
+            per = [x for x in p.get("per_molecule") or [] if x]
+            if not per:
+                continue
+            key = "mean_cosine" if strat == "mask" else "vector_rmse"
+            cells = [f"{m} {np.mean([x[m]['learned'] for x in per]):.3f} / {np.mean([x[m]['rule'] for x in per]):.3f}"
+                     for m in per[0]]
+            name = f"{strat} (variant {p['mask_variant']})" if p.get("mask_variant") else strat
+            lines.append(f"Per molecule, {name} {key} of best.pt / geometry-only rule on each molecule's held-out "
+                         f"pretext-validation frames: " + ", ".join(cells) + ".")
+    return "\n".join(lines) + "\n"
