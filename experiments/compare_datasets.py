@@ -11,9 +11,7 @@ Loaded by path (``_load_sibling``), like every module of experiments/.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -35,14 +33,10 @@ log = logging.getLogger("compare_pretraining")
 
 
 def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (this script runs as a file)."""
-    key = f"maskpot_experiments_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
+    """Another module of experiments/, loaded by path (these scripts are not a package)."""
+    from maskpot.utils import load_sibling_module
+
+    return load_sibling_module(__file__, name)
 
 
 @dataclass

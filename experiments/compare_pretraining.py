@@ -61,7 +61,6 @@ The code is split by job (modules of experiments/, loaded by path): ``compare_da
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import shlex
@@ -74,14 +73,10 @@ log = logging.getLogger("compare_pretraining")
 
 
 def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (this script runs as a file)."""
-    key = f"maskpot_experiments_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
+    """Another module of experiments/, loaded by path (these scripts are not a package)."""
+    from maskpot.utils import load_sibling_module
+
+    return load_sibling_module(__file__, name)
 
 
 # the pieces of the experiment (re-exported: tests and callers use ``compare_pretraining.<name>``)

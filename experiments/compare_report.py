@@ -4,8 +4,6 @@ tip3p-traj and water-dft-transfer tables are in ``water_sources.py`` / ``water_t
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -13,14 +11,10 @@ import numpy as np
 
 
 def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (this script runs as a file)."""
-    key = f"maskpot_experiments_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
+    """Another module of experiments/, loaded by path (these scripts are not a package)."""
+    from maskpot.utils import load_sibling_module
+
+    return load_sibling_module(__file__, name)
 
 
 def plot(summary: Dict[str, Any], out: Path) -> None:

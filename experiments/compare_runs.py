@@ -6,11 +6,9 @@ and running / resuming / skipping each one through maskpot's public training API
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +18,10 @@ import numpy as np
 
 
 def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (this script runs as a file)."""
-    key = f"maskpot_experiments_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
+    """Another module of experiments/, loaded by path (these scripts are not a package)."""
+    from maskpot.utils import load_sibling_module
+
+    return load_sibling_module(__file__, name)
 
 
 _ds = _load_sibling("compare_datasets")

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -24,14 +22,10 @@ log = logging.getLogger("compare_pretraining")
 
 
 def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (this script runs as a file)."""
-    key = f"maskpot_experiments_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]
+    """Another module of experiments/, loaded by path (these scripts are not a package)."""
+    from maskpot.utils import load_sibling_module
+
+    return load_sibling_module(__file__, name)
 
 
 _ds, _runs = _load_sibling("compare_datasets"), _load_sibling("compare_runs")
