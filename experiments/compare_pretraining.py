@@ -48,6 +48,13 @@ trajectories in the DFT box and fine-tunes on the DFT frames, with three more ar
 (TIP3P energies/forces), ``mask_supervised`` (supervised pretraining started from the mask
 checkpoint) and ``mask_dft`` (masking on the unlabelled DFT fine-tuning candidates).
 
+Opt-in arms (never in a default list; the new arms come last in tables and run order):
+``denoise_1A`` (denoising pretraining with σ = 1.0 Å, the reference code's value, instead of 0.2 Å;
+same data and budget as ``denoise``), ``mask_denoise`` (in sequence: a σ = 0.2 Å denoising stage
+started from the ``pretrain_mask`` checkpoint, same epochs/lr; asking for it runs ``mask`` too) on
+any dataset, and with water-dft-transfer ``supervised_2x`` (``supervised`` with twice
+``--pretrain-epochs``: the equal-compute control of ``mask_supervised``).
+
 Resumable: a run whose ``test_metrics.json`` exists is skipped, an interrupted one (``last.pt``
 without ``test_metrics.json``) is resumed exactly; a run folder whose stored config differs from
 the requested one is an error (use another ``--out``).
@@ -83,6 +90,7 @@ def _load_sibling(name: str) -> Any:
 _ds = _load_sibling("compare_datasets")
 REPO, CONFIGS, DEFAULT_DATA_ROOT = _ds.REPO, _ds.CONFIGS, _ds.DEFAULT_DATA_ROOT
 STRATEGIES, TRANSFER_STRATEGIES, ALL_STRATEGIES = _ds.STRATEGIES, _ds.TRANSFER_STRATEGIES, _ds.ALL_STRATEGIES
+EXTRA_STRATEGIES, TRANSFER_ONLY_STRATEGIES = _ds.EXTRA_STRATEGIES, _ds.TRANSFER_ONLY_STRATEGIES
 MODELS, RMD17_MOLECULES = _ds.MODELS, _ds.RMD17_MOLECULES
 DatasetPlan, parse_dataset, resolve_defaults, plan_dataset = (_ds.DatasetPlan, _ds.parse_dataset, _ds.resolve_defaults,
                                                               _ds.plan_dataset)
@@ -108,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--labels", type=int, nargs="+", default=[50], help="labelled fine-tuning frames (sweep)")
     p.add_argument("--strategies", nargs="+", default=None, choices=ALL_STRATEGIES,
-                   help=f"default: {' '.join(STRATEGIES)} (water-dft-transfer: all six; {', '.join(TRANSFER_STRATEGIES)} "
-                        "need water-dft-transfer)")
+                   help=f"default: {' '.join(STRATEGIES)} (water-dft-transfer: {' '.join(_ds.DEFAULT_TRANSFER_STRATEGIES)}); "
+                        f"{', '.join(TRANSFER_ONLY_STRATEGIES)} need water-dft-transfer; opt-in only: "
+                        f"{', '.join(EXTRA_STRATEGIES)} (denoise_1A: denoising with sigma 1.0 A; mask_denoise: a "
+                        "sigma 0.2 A denoising stage started from the mask checkpoint; supervised_2x: supervised "
+                        "pretraining with twice --pretrain-epochs, the equal-compute control of mask_supervised)")
     p.add_argument("--out", default=None, help="output folder (default: runs/compare/<dataset>_<model>)")
     p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT), help="shared data folder")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the pool/val/test split (fixed over --seeds)")

@@ -25,7 +25,8 @@ def plot(summary: Dict[str, Any], out: Path) -> None:
     import matplotlib.ticker
 
     colors = {"scratch": "tab:gray", "denoise": "tab:blue", "mask": "tab:red", "supervised": "tab:green",
-              "mask_supervised": "tab:purple", "mask_dft": "tab:orange"}
+              "mask_supervised": "tab:purple", "mask_dft": "tab:orange", "denoise_1A": "tab:cyan",
+              "mask_denoise": "tab:pink", "supervised_2x": "tab:olive"}
     labels = summary["labels"]
     fig, axes = plt.subplots(1, len(labels), figsize=(4.8 * len(labels), 3.8), squeeze=False)
     for ax, n in zip(axes[0], labels):
@@ -84,6 +85,22 @@ def pretrain_pool_text(summary: Dict[str, Any]) -> str:
             f"model species {src.get('species')}")
 
 
+#: What the opt-in arms (issue 12) are, for the tables' text (only the arms of a grid are named).
+EXTRA_ARM_TEXT = {
+    "denoise_1A": "denoise_1A = denoising with σ = 1.0 Å (the reference code's value; denoise: 0.2 Å)",
+    "mask_denoise": "mask_denoise = a denoising stage (σ = 0.2 Å, the same epochs/lr) started from the mask "
+                    "checkpoint (in sequence: the pretraining of both; the same output, no head reset)",
+    "supervised_2x": "supervised_2x = supervised pretraining with twice the epochs (the equal-compute control of "
+                     "mask_supervised)",
+}
+
+
+def extra_arms_text(summary: Dict[str, Any]) -> str:
+    """'Arms: ...' sentence for the opt-in arms of this grid ('' when it has none)."""
+    parts = [EXTRA_ARM_TEXT[s] for s in summary.get("strategies", []) if s in EXTRA_ARM_TEXT]
+    return ("Opt-in arms: " + "; ".join(parts) + ".") if parts else ""
+
+
 def markdown(summary: Dict[str, Any]) -> str:
     m, b, z = summary["model"], summary["budgets"], summary["sizes"]
     E = b["finetune_epochs"]
@@ -102,7 +119,8 @@ def markdown(summary: Dict[str, Any]) -> str:
         "",
         f"Sizes: {pretrain_pool_text(summary)} ({b['pretrain_epochs']} epochs, batch "
         f"{b['pretrain_batch_size']}, lr {b['pretrain_lr']:g}); {ft_text}. Wall time {summary['wall_s'] / 60:.1f} min "
-        f"({b['threads'] or 'default'} thread(s)). Mean ± sample std over {len(summary['seeds'])} seeds.",
+        f"({b['threads'] or 'default'} thread(s)). Mean ± sample std over {len(summary['seeds'])} seeds."
+        + (" " + extra_arms_text(summary) if extra_arms_text(summary) else ""),
     ]
     rows = [(n, strat) for n in summary["labels"] for strat in summary["strategies"]
             if strat in summary["results"].get(str(n), {})]

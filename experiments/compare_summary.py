@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 FORCE_COL = "val_force_mae_meV_per_A"
+#: Pretraining arms on the unlabelled pool whose pretext score is shown next to the geometry-only rule.
+GEOMETRY_BASELINE_ARMS = ("mask", "denoise", "denoise_1A", "mask_denoise")
 
 log = logging.getLogger("compare_pretraining")
 
@@ -100,8 +102,10 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
             _add_vs_scratch(args, runs, results, n_label, by[str(n_label)])
     pre = {}
     metric = {"mask": "val_mean_cosine", "mask_dft": "val_mean_cosine", "denoise": "val_vector_rmse",
-              "supervised": FORCE_COL, "mask_supervised": FORCE_COL}
-    for strat in ("mask", "denoise", "supervised", "mask_supervised", "mask_dft"):
+              "supervised": FORCE_COL, "mask_supervised": FORCE_COL, "denoise_1A": "val_vector_rmse",
+              "mask_denoise": "val_vector_rmse", "supervised_2x": FORCE_COL}
+    for strat in ("mask", "denoise", "supervised", "mask_supervised", "mask_dft", "denoise_1A", "mask_denoise",
+                  "supervised_2x"):
         rs = [r for r in runs if r.stage == "pretrain" and r.strategy == strat and r.name in results]
         if not rs:
             continue
@@ -111,12 +115,12 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
         best = [_pretext_at_best(r, key) for r in rs]
         pre[strat] = {"metric": key, "first_epoch": first, "last_epoch": last, "best_epoch_value": best,
                       "curve_per_seed": [read_curve(r.dir, key) for r in rs], "seeds": [r.seed for r in rs],
-                      "geometry_baseline": [_geometry_baseline(r) if strat in ("mask", "denoise") else None
+                      "geometry_baseline": [_geometry_baseline(r) if strat in GEOMETRY_BASELINE_ARMS else None
                                             for r in rs],
                       "wall_s": [results[r.name].get("wall_s") for r in rs]}
         if _pretrain_stage(strat)[0] == "mask":
             pre[strat]["mask_variant"] = _mask_variant(rs[0])
-        if strat in ("mask", "denoise") and len(plan.sources.get("pretrain_molecules") or []) > 1:
+        if strat in GEOMETRY_BASELINE_ARMS and len(plan.sources.get("pretrain_molecules") or []) > 1:
             pre[strat]["per_molecule"] = [_pretext_per_molecule(r, plan.sources) for r in rs]
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -25,11 +25,16 @@ Arms (every fine-tuning run shares one config with scratch; only ``init.checkpoi
 forces weight 500); ``mask_supervised`` (in sequence: the supervised pretraining initialised from
 the ``mask`` checkpoint, same epochs/lr as ``supervised``, so twice the pretraining compute of
 either alone; multi-task training is not in the trainer); ``mask_dft`` (masking on the DFT
-candidate structures). TIP3P and DFT energies differ by a large constant per species: every
-energy/force run (supervised pretraining included) refits the per-species energy shifts in closed
-form on its own training frames when it starts (``maskpot.training.setup.fit_normalization``:
-least-squares E0 + ``refit_energy_shift`` of the network's residual), and the energy scale is reset
-to the new data's force RMS, so the DFT fine-tuning never sees the TIP3P reference energy.
+candidate structures). Opt-in (never in the default list): ``denoise_1A`` (denoising with
+σ = 1.0 Å, the reference code's value), ``mask_denoise`` (in sequence: a σ = 0.2 Å denoising stage
+started from the ``mask`` checkpoint, same epochs/lr; both tasks train the same ``forces`` output, so
+every tensor is loaded and no head is reset) and ``supervised_2x`` (``supervised`` with twice the
+pretraining epochs: the equal-compute control of ``mask_supervised``). TIP3P and DFT energies
+differ by a large constant per species: every energy/force run (supervised pretraining included)
+refits the per-species energy shifts in closed form on its own training frames when it starts
+(``maskpot.training.setup.fit_normalization``: least-squares E0 + ``refit_energy_shift`` of the
+network's residual), and the energy scale is reset to the new data's force RMS, so the DFT
+fine-tuning never sees the TIP3P reference energy.
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 log = logging.getLogger("compare_pretraining")
+
+
+def _load_sibling(name: str) -> Any:
+    """Another module of experiments/, loaded by path (these scripts are not a package)."""
+    from maskpot.utils import load_sibling_module
+
+    return load_sibling_module(__file__, name)
 
 
 def build_sources(out: Path, args: Any, ws: Any, dft_path: Path, dft_pool_idx: np.ndarray) -> Dict[str, Any]:
@@ -97,16 +109,29 @@ def build_sources(out: Path, args: Any, ws: Any, dft_path: Path, dft_pool_idx: n
 # ------------------------------------------------------------------------------------------
 # tables (from summary.json only)
 # ------------------------------------------------------------------------------------------
+#: Reference arm -> the arms paired against it (``vs_<reference>``; None: every other arm).
+#: mask_supervised / mask_denoise against the stage they continue (mask) and the stage they add
+#: (denoise); denoise_1A against denoise (σ); mask_supervised against supervised_2x (equal compute).
+COMPARISONS: Dict[str, Any] = {
+    "supervised": None,
+    "mask": ("mask_supervised", "mask_denoise"),
+    "denoise": ("denoise_1A", "mask_denoise"),
+    "supervised_2x": ("mask_supervised",),
+}
+
+
 def add_comparisons(summary: Dict[str, Any], st: Any) -> None:
     """Paired (by seed) differences of every arm against ``supervised`` (as ``vs_supervised``),
-    and of ``mask_supervised`` against ``mask``, from the per-seed values of the summary."""
+    of ``mask_supervised`` and ``mask_denoise`` against ``mask``, of ``denoise_1A`` and
+    ``mask_denoise`` against ``denoise`` and of ``mask_supervised`` against ``supervised_2x``
+    (``COMPARISONS``), from the per-seed values of the summary."""
     for n, res in summary["results"].items():
-        for ref in ("supervised", "mask"):
+        for ref, arms in COMPARISONS.items():
             r = res.get(ref)
             if r is None:
                 continue
             for arm, a in res.items():
-                if arm == ref or (ref == "mask" and arm != "mask_supervised"):
+                if arm == ref or (arms is not None and arm not in arms):
                     continue
                 entry = {}
                 for key in ("force_mae_meV_per_A", "energy_mae_meV_per_atom", "energy_rmse_centred_meV_per_atom"):
@@ -143,7 +168,7 @@ def findings(summary: Dict[str, Any]) -> List[str]:
     out: List[str] = []
     for n in summary["labels"]:
         res = summary["results"].get(str(n), {})
-        for arm in ("mask_supervised", "mask", "mask_dft"):
+        for arm in ("mask_supervised", "mask", "mask_dft", "mask_denoise"):
             f = res.get(arm, {}).get("vs_supervised", {}).get("force_mae_meV_per_A")
             if f and _significant_lower(f):
                 out.append(f"N = {n}: {arm} beats supervised by {-float(f['mean']):.1f} meV/Å "
@@ -151,6 +176,15 @@ def findings(summary: Dict[str, Any]) -> List[str]:
         f = res.get("mask_supervised", {}).get("vs_mask", {}).get("force_mae_meV_per_A")
         if f and _significant_lower(f):
             out.append(f"N = {n}: mask_supervised beats mask alone by {-float(f['mean']):.1f} meV/Å")
+        f = res.get("mask_supervised", {}).get("vs_supervised_2x", {}).get("force_mae_meV_per_A")
+        if f and _significant_lower(f):
+            out.append(f"N = {n}: mask_supervised beats supervised_2x (equal pretraining compute) by "
+                       f"{-float(f['mean']):.1f} meV/Å "
+                       f"[95 % interval of the difference {float(f['low']):+.1f}, {float(f['high']):+.1f}]")
+        for ref in ("mask", "denoise"):
+            f = res.get("mask_denoise", {}).get(f"vs_{ref}", {}).get("force_mae_meV_per_A")
+            if f and _significant_lower(f):
+                out.append(f"N = {n}: mask_denoise beats {ref} alone by {-float(f['mean']):.1f} meV/Å")
     return out
 
 
@@ -181,7 +215,10 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
         f"{b['pretrain_batch_size']}, lr {b['pretrain_lr']:g} cosine → {b['pretrain_lr'] / 100:g}; mask = one H removed "
         f"in half of the molecules (cosine loss); denoise σ = 0.2 Å; supervised = TIP3P energies/forces with the "
         f"fine-tuning loss (L1, energy/atom 1 + forces 500); mask_supervised = that supervised stage started from "
-        f"the mask checkpoint (in sequence: the pretraining of both). Fine-tuning (identical for every arm, only the initial weights differ): "
+        f"the mask checkpoint (in sequence: the pretraining of both)."
+        + (" " + _load_sibling("compare_report").extra_arms_text(summary) if any(
+            s in summary["strategies"] for s in ("denoise_1A", "mask_denoise", "supervised_2x")) else "")
+        + " Fine-tuning (identical for every arm, only the initial weights differ): "
         f"at most " + ", ".join(f"{e} epochs at N = {n}" for n, e in b.get("finetune_epochs_per_n", {}).items())
         + (f" (about {b['finetune_steps']} optimiser steps)" if b.get("finetune_steps") else "")
         + f", batch {b['finetune_batch_size']}, lr {b['finetune_lr']:g} cosine → {b['finetune_lr'] / 100:g}, EMA "
@@ -203,7 +240,8 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
     ]
     for n in summary["labels"]:
         res = summary["results"].get(str(n), {})
-        for ref, key in (("scratch", "vs_scratch"), ("supervised", "vs_supervised"), ("mask", "vs_mask")):
+        for ref, key in (("scratch", "vs_scratch"), ("supervised", "vs_supervised"), ("mask", "vs_mask"),
+                         ("denoise", "vs_denoise"), ("supervised_2x", "vs_supervised_2x")):
             for arm in summary["strategies"]:
                 v = res.get(arm, {}).get(key)
                 if not v or arm in (ref, "scratch") or "force_mae_meV_per_A" not in v:
