@@ -9,7 +9,7 @@ measured cost per call.
 
 rMD17 (``--dataset rmd17:<molecule>``, see ``RMD17_MODELS`` and :func:`rmd17_bench`): frames
 ``DATA_ROOT/rmd17/rmd17_<molecule>_train_01.npz`` split 950 train / 50 val (seed 0, the same
-split for every model), recipe ``configs/rmd17_accurate.yaml`` (MSE, force weight 10, batch 5,
+split for every model), recipe ``configs/rmd17_accurate.yaml`` (MSE, force weight 100, batch 5,
 AdamW without weight decay, lr 1e-3 cosine to 1e-6 after 2 warm-up epochs, grad clip 10, EMA 0.999, no early stopping;
 at most its 300 epochs), test force / energy MAE on a fixed subset of
 ``rmd17_<molecule>_test_01.npz``: ``--test-frames`` (200) evenly strided frames (every 5th of
@@ -567,6 +567,19 @@ def table(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _recipe_text(recipe: Optional[Dict[str, Any]]) -> str:
+    """The recipe in words, from the resolved config the run recorded (``recipe_of``)."""
+    if not recipe:
+        return "recipe not recorded"
+    o, t = recipe["objective"], recipe["train"]
+    stop = t.get("early_stopping_patience") or 0
+    return (f"{str(o.get('loss_kind', '?')).upper()}, energy weight {o.get('energy_weight')}, force weight "
+            f"{o.get('force_weight')}, batch {t.get('batch_size')}, AdamW (weight decay {t.get('weight_decay')}) lr "
+            f"{t.get('lr'):g} {t.get('scheduler')} to {t.get('min_lr'):g} after {t.get('warmup_epochs'):g} warm-up "
+            f"epochs, grad clip {t.get('grad_clip')}, EMA {t.get('ema_decay')}, "
+            + (f"early stopping after {stop} epochs" if stop else "no early stopping"))
+
+
 def _rmd17_intro(r: Dict[str, Any]) -> List[str]:
     mol = r.get("molecule", r["dataset"].split(":", 1)[-1])
     n, sp = r["n_frames"], r.get("speed", {})
@@ -577,8 +590,7 @@ def _rmd17_intro(r: Dict[str, Any]) -> List[str]:
         f"Same frames for every model: {n['train']} train / {n['val']} val frames of `rmd17_{mol}_train_01.npz` "
         f"(seed-0 split, identical for every model); test: {n['test']} of the {r.get('test_file_frames', '?')} frames "
         f"of `rmd17_{mol}_test_01.npz` ({r.get('test_selection', 'all')}). Same recipe (`configs/rmd17_accurate.yaml`: "
-        "MSE, energy weight 1, force weight 10, batch 5, AdamW (weight decay 0) lr 1e-3 cosine to 1e-6 after 2 warm-up epochs, grad clip 10, "
-        "EMA 0.999, no early stopping), trained from scratch in maskpot's `Trainer` (MACE-small through "
+        f"{_recipe_text(next(iter(r['models'].values())).get('recipe'))}), trained from scratch in maskpot's `Trainer` (MACE-small through "
         "`benchmarks/mace_adapter.py`), E0s fitted before and refitted after, 1 torch thread. "
         f"**Budget, the same for every model: at most {r['max_epochs']} epochs and at most {r['cap_min']:g} min of "
         "one core (process CPU time, 1 thread) for the epochs** (training steps, validation, checkpoints); the cosine "
