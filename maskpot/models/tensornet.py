@@ -88,7 +88,14 @@ class PartMixing(nn.Module):
         self.symmetric = nn.Linear(hidden, hidden, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([self.scalar(x[:, :1]), self.skew(x[:, 1:4]), self.symmetric(x[:, 4:])], dim=1)
+        x0, x1, x2 = self.parts(x)
+        return torch.cat([x0, x1, x2], dim=1)
+
+    def parts(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The three mixed parts [N, 1, F], [N, 3, F], [N, 6, F] (``forward`` concatenates them).
+        ``split`` rather than slicing: its backward is one cat, not a zero-filled copy per slice."""
+        x0, x1, x2 = x.split([1, 3, 6], dim=1)
+        return self.scalar(x0), self.skew(x1), self.symmetric(x2)
 
 
 def _sparse_terms(matrix: Tensor, terms: int) -> Tuple[Tensor, Tensor]:
@@ -108,8 +115,10 @@ def _sparse_terms(matrix: Tensor, terms: int) -> Tuple[Tensor, Tensor]:
 class TensorAlgebra(nn.Module):
     """Constant maps between the compact [N, 10, F] form and full 3x3 matrices stored row-major
     as [N, 9, F] (channels last, so every op is a vectorised elementwise op over F), the matrix
-    product, and the per-channel squared norm. The maps are sparse (<= 3 terms per entry), so
-    they are gathers, not batched 3x3 matmuls (which are slow on a CPU)."""
+    product, and the per-channel squared norm. The maps are constant [9, 10] / [10, 9] matrices
+    applied by one matmul over the component axis (the stored sparse terms give the same maps as
+    gathers; kept as buffers for old state dicts and as the reference form). The 3x3 product is
+    an elementwise broadcast over channels, not a batched 3x3 matmul (which is slow on a CPU)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -121,10 +130,19 @@ class TensorAlgebra(nn.Module):
         self.register_buffer("decompose_coeff", decompose_coeff)
         self.register_buffer("norm_weights", torch.tensor(_NORM_WEIGHTS).unsqueeze(-1))
         self.register_buffer("parts", torch.tensor(_PARTS, dtype=torch.long))
+        # Dense forms of the same maps for to_full / from_full (one small matmul each, fewer ops than
+        # the gathers in training's double backward). Not persistent: state dicts keep their keys.
+        self.register_buffer("compose", _compose_matrix(), persistent=False)
+        self.register_buffer("decompose", _decompose_matrix(), persistent=False)
 
     def norm2(self, x: Tensor) -> Tensor:
         """Squared Frobenius norm per channel: [N, 10, F] -> [N, F]."""
         return (x * x * self.norm_weights).sum(dim=1)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """X / (|X|² + 1) per channel, as a product with the reciprocal (cheaper backward than a
+        division of [N, 10, F] by a broadcast denominator)."""
+        return x * (1.0 / (self.norm2(x) + 1.0)).unsqueeze(1)
 
     def part_norms2(self, x: Tensor) -> Tensor:
         """Squared norms of the three parts, |I Id|², |A|², |S|² per channel: [N, 10, F] -> [N, 3F]."""
@@ -132,12 +150,20 @@ class TensorAlgebra(nn.Module):
         return torch.cat([w[:, 0], w[:, 1:4].sum(dim=1), w[:, 4:].sum(dim=1)], dim=-1)
 
     def to_full(self, x: Tensor) -> Tensor:
-        """[N, 10, F] -> [N, 9, F] (row-major 3x3)."""
+        """[N, 10, F] -> [N, 9, F] (row-major 3x3): one matmul with the constant [9, 10] map."""
+        return torch.matmul(self.compose, x)
+
+    def from_full(self, m: Tensor) -> Tensor:
+        """[N, 9, F] -> [N, 10, F]: one matmul with the constant [10, 9] map."""
+        return torch.matmul(self.decompose, m)
+
+    def to_full_sparse(self, x: Tensor) -> Tensor:
+        """Reference form of :meth:`to_full` from the stored sparse terms (index_select + mul + add)."""
         idx, c = self.compose_index, self.compose_coeff
         return x.index_select(1, idx[0]) * c[0] + x.index_select(1, idx[1]) * c[1]
 
-    def from_full(self, m: Tensor) -> Tensor:
-        """[N, 9, F] -> [N, 10, F]."""
+    def from_full_sparse(self, m: Tensor) -> Tensor:
+        """Reference form of :meth:`from_full` from the stored sparse terms."""
         idx, c = self.decompose_index, self.decompose_coeff
         return m.index_select(1, idx[0]) * c[0] + m.index_select(1, idx[1]) * c[1] + m.index_select(1, idx[2]) * c[2]
 
@@ -147,8 +173,22 @@ class TensorAlgebra(nn.Module):
         return (a.view(n, 3, 3, 1, f) * b.view(n, 1, 3, 3, f)).sum(dim=2).reshape(n, 9, f)
 
     def per_component(self, w: Tensor) -> Tensor:
-        """Per-part weights [E, 3, F] -> per-component weights [E, 10, F]."""
+        """Per-part weights [E, 3, F] -> per-component weights [E, 10, F] (reference form; the
+        models use :func:`part_products`, which never materialises this tensor)."""
         return w.index_select(1, self.parts)
+
+
+def part_products(w: Tensor, x0: Tensor, x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per-part weights ``w`` [E, 3, F] times the parts [E, 1, F], [E, 3, F], [E, 6, F] of a
+    compact tensor, by broadcasting: equals ``per_component(w) * cat([x0, x1, x2], 1)`` split
+    into its parts, without the [E, 10, F] copy of ``w`` (``unbind``'s backward is one stack)."""
+    w0, w1, w2 = w.unbind(1)
+    return w0.unsqueeze(1) * x0, w1.unsqueeze(1) * x1, w2.unsqueeze(1) * x2
+
+
+def _scatter(src: Tensor, index: Tensor, n: int) -> Tensor:
+    """Sum the rows of ``src`` [E, k, F] into ``n`` atoms by ``index`` (``index_add_``)."""
+    return torch.zeros(n, src.shape[1], src.shape[2], dtype=src.dtype, device=src.device).index_add_(0, index, src)
 
 
 class TensorEmbedding(nn.Module):
@@ -169,10 +209,15 @@ class TensorEmbedding(nn.Module):
         algebra = self.algebra
         z_ij = self.pair_i(h0).index_select(0, i) + self.pair_j(h0).index_select(0, j)  # [E, F]
         w = self.distance_proj(rbf).view(-1, 3, f) * (z_ij * env.unsqueeze(-1)).unsqueeze(1)  # [E, 3, F]
-        msg = algebra.per_component(w) * basis.unsqueeze(-1)  # [E, 10, F]
-        x = torch.zeros(n, 10, f, dtype=h0.dtype, device=h0.device).index_add_(0, i, msg)
-        scale = self.scalar_mlp(self.init_norm(algebra.norm2(x))).view(n, 3, f)
-        return self.mixing(x) * algebra.per_component(scale)
+        # message per part: w_I * 1, w_A * r̂, w_S * (r̂r̂ᵀ - Id/3); the I basis entry is 1, so no product
+        w0, w1, w2 = w.unbind(1)
+        _, b1, b2 = basis.split([1, 3, 6], dim=1)
+        msg1 = w1.unsqueeze(1) * b1.unsqueeze(-1)  # [E, 3, F]
+        msg2 = w2.unsqueeze(1) * b2.unsqueeze(-1)  # [E, 6, F]
+        x = torch.cat([_scatter(w0.unsqueeze(1), i, n), _scatter(msg1, i, n), _scatter(msg2, i, n)], dim=1)
+        s0, s1, s2 = self.scalar_mlp(self.init_norm(algebra.norm2(x))).view(n, 3, f).unbind(1)
+        x0, x1, x2 = self.mixing.parts(x)
+        return torch.cat([x0 * s0.unsqueeze(1), x1 * s1.unsqueeze(1), x2 * s2.unsqueeze(1)], dim=1)
 
 
 class TensorInteraction(nn.Module):
@@ -187,13 +232,16 @@ class TensorInteraction(nn.Module):
     def forward(self, x: Tensor, i: Tensor, j: Tensor, rbf: Tensor, env: Tensor) -> Tensor:
         f = self.hidden
         algebra = self.algebra
+        n = x.shape[0]
         w = (self.radial_mlp(rbf) * env.unsqueeze(-1)).view(-1, 3, f)  # [E, 3, F]
-        y = self.mix_in(x / (algebra.norm2(x) + 1.0).unsqueeze(1))
-        msg = algebra.per_component(w) * y.index_select(0, j)  # [E, 10, F]
-        m = torch.zeros_like(y).index_add_(0, i, msg)
+        y0, y1, y2 = self.mix_in.parts(algebra.normalize(x))
+        y = torch.cat([y0, y1, y2], dim=1)
+        # M_i = sum_j w_ij ⊙ Y_j per part (gather, broadcast product and scatter per part)
+        msg0, msg1, msg2 = part_products(w, y0.index_select(0, j), y1.index_select(0, j), y2.index_select(0, j))
+        m = torch.cat([_scatter(msg0, i, n), _scatter(msg1, i, n), _scatter(msg2, i, n)], dim=1)
         y_full, m_full = algebra.to_full(y), algebra.to_full(m)
         c = algebra.from_full(algebra.matmul(y_full, m_full) + algebra.matmul(m_full, y_full))
-        dx = self.mix_out(c / (algebra.norm2(c) + 1.0).unsqueeze(1))
+        dx = self.mix_out(algebra.normalize(c))
         dx_full = algebra.to_full(dx)
         return x + dx + algebra.from_full(algebra.matmul(dx_full, dx_full))
 

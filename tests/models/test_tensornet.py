@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from maskpot.models.tensornet import TensorAlgebra, edge_basis
+from maskpot.models.tensornet import TensorAlgebra, edge_basis, part_products
 from model_helpers import make_model, random_rotation, water_box
 
 
@@ -70,3 +70,24 @@ def test_features_rotate_as_rank2_tensors():
     rotated = features(pos @ rot.T, cell @ rot.T)
     expected = rot @ full @ rot.T
     assert torch.allclose(rotated, expected, atol=1e-9)
+
+
+def test_part_products_match_per_component_form():
+    algebra = TensorAlgebra().double()
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(7, 3, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(7, 10, 5, generator=g, dtype=torch.float64)
+    parts = part_products(w, x[:, :1], x[:, 1:4], x[:, 4:])
+    assert [p.shape[1] for p in parts] == [1, 3, 6]
+    assert torch.equal(torch.cat(parts, dim=1), algebra.per_component(w) * x)
+
+
+def test_dense_maps_match_sparse_terms():
+    algebra = TensorAlgebra().double()
+    x = torch.randn(4, 10, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    m = _stored(_random_full(4, 6, seed=7))
+    assert torch.allclose(algebra.to_full(x), algebra.to_full_sparse(x), atol=1e-14)
+    assert torch.allclose(algebra.from_full(m), algebra.from_full_sparse(m), atol=1e-14)
+    # the dense maps are not in the state dict (old checkpoints keep loading with strict=True)
+    assert set(TensorAlgebra().state_dict()) == {"compose_index", "compose_coeff", "decompose_index",
+                                                 "decompose_coeff", "norm_weights", "parts"}
