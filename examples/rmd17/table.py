@@ -53,6 +53,15 @@ def _train_seconds(run: Path, summary: Dict[str, Any]) -> Optional[float]:
         return summary.get("elapsed_s")
 
 
+def _loss_text(objective: Dict[str, Any]) -> str:
+    """Loss form and energy : force weights of a run, e.g. "MSE 1:100" (the recipe differs between rows)."""
+    kind = str(objective.get("loss_kind", "?")).upper()
+    ew, fw = objective.get("energy_weight"), objective.get("force_weight")
+    if not ew or fw is None:
+        return kind
+    return f"{kind} 1:{float(fw) / float(ew):g}"
+
+
 def collect(out: Path) -> List[Dict[str, Any]]:
     rows = []
     for mol_dir in sorted(p for p in out.iterdir() if p.is_dir()):
@@ -73,6 +82,7 @@ def collect(out: Path) -> List[Dict[str, Any]]:
             "model": f"{cfg['model']['name']} {cfg['model'].get('hidden_channels')}x{cfg['model'].get('num_layers')}, "
                      f"{cfg['model'].get('cutoff')} Å", "params": _num_params(run / "best.pt"),
             "threads": cfg["train"].get("num_threads") or info.get("torch_threads"),
+            "loss": _loss_text(cfg.get("objective", {})),
             "md": md,
         })
     return rows
@@ -80,8 +90,8 @@ def collect(out: Path) -> List[Dict[str, Any]]:
 
 def table(rows: List[Dict[str, Any]]) -> str:
     """Markdown: per molecule, our rows (in the given order), then the published anchors."""
-    lines = ["| molecule | model | energy MAE (meV) | force MAE (meV/Å) | target E / F | epochs | train wall (min) | "
-             "parameters | 10 ps NVT (ASE, 300 K) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| molecule | model | energy MAE (meV) | force MAE (meV/Å) | target E / F | loss E:F | epochs | "
+             "train wall (min) | parameters | 10 ps NVT (ASE, 300 K) |", "|---|---|---|---|---|---|---|---|---|---|"]
     molecules = sorted({r["molecule"] for r in rows})
     for mol in molecules:
         lines += _molecule_rows([r for r in rows if r["molecule"] == mol])
@@ -95,11 +105,11 @@ def _molecule_rows(rows: List[Dict[str, Any]]) -> List[str]:
         status = (f"{md.get('status')}, {md.get('steps_done')} steps" if md else "not run")
         tgt = TARGETS.get(r["molecule"])
         lines.append(f"| {r['molecule']} | **ours**: {r['model']} | **{r['energy_mae']:.1f}** | **{r['force_mae']:.1f}** | "
-                     f"{'%g / %g' % tgt if tgt else '–'} | {r['epochs']} | {r['train_s'] / 60:.0f}"
+                     f"{'%g / %g' % tgt if tgt else '–'} | {r.get('loss', '')} | {r['epochs']} | {r['train_s'] / 60:.0f}"
                      f"{' (%s thread)' % r['threads'] if r['threads'] else ''} | {r['params']} | {status} |")
     mol = rows[0]["molecule"]
     for name, (e, f) in ANCHORS.get(mol, {}).items():
-        lines.append(f"| {mol} | {name} (published) | {e} | {f} | | | | | |")
+        lines.append(f"| {mol} | {name} (published) | {e} | {f} | | | | | | |")
     return lines
 
 
