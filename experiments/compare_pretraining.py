@@ -254,6 +254,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.info("%s: E %.2f meV/atom, F %.1f meV/Å%s", r.name, res["energy_mae_meV_per_atom"],
                      res["force_mae_meV_per_A"], " (done earlier)" if res.get("skipped") else "")
     wall = time.time() - t_start
+    previous = out / "summary.json"
+    if args.summary_only and previous.is_file():
+        # regenerating tables: the wall time and command are those of the run that trained
+        try:
+            old = json.loads(previous.read_text())
+            wall, command = float(old.get("wall_s", wall)), str(old.get("command", command))
+        except (ValueError, OSError) as exc:
+            log.warning("%s: unreadable (%s); the table states this process's wall time and command", previous, exc)
     summary = summarise(args, plan, runs, results, wall, command)
     summary["runs_planned"], summary["runs_finished"] = len(runs), len(results)
     summary["summary_only"] = bool(args.summary_only)
@@ -281,10 +289,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = markdown(summary)
     print("\n" + table)
     if args.results_md:
+        from maskpot.utils import upsert_marked_block
+
         md = Path(args.results_md)
         md.parent.mkdir(parents=True, exist_ok=True)
-        with open(md, "a") as fh:
-            fh.write("\n" + table)
+        upsert_marked_block(md, *_rp.block_markers(summary), table)
     log.info("done in %.1f min: %s", wall / 60, out)
     return 0
 

@@ -5,7 +5,7 @@ tip3p-traj and water-dft-transfer tables are in ``water_sources.py`` / ``water_t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -101,13 +101,31 @@ def extra_arms_text(summary: Dict[str, Any]) -> str:
     return ("Opt-in arms: " + "; ".join(parts) + ".") if parts else ""
 
 
+def finetune_budget_text(budgets: Dict[str, Any]) -> str:
+    """The fine-tuning budget in words: epochs, or (``--finetune-steps``) the step budget shared
+    by every N and the epochs it makes at each N."""
+    steps, per_n = int(budgets.get("finetune_steps") or 0), budgets.get("finetune_epochs_per_n") or {}
+    if steps and per_n:
+        return f"{steps} optimiser steps for every N (" + ", ".join(
+            f"N = {n}: {e} epochs" for n, e in per_n.items()) + ")"
+    return f"{budgets['finetune_epochs']} epochs"
+
+
+def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
+    """Markers of this experiment's generated block in RESULTS.md (dataset + output folder + lr):
+    a rerun or ``--summary-only`` replaces its block instead of appending a copy."""
+    key = f"{summary['dataset']} {summary.get('out_name', '')}:lr{summary['budgets']['finetune_lr']:g}"
+    return (f"<!-- compare_pretraining {key} begin (generated from summary.json) -->",
+            f"<!-- compare_pretraining {key} end -->")
+
+
 def markdown(summary: Dict[str, Any]) -> str:
     m, b, z = summary["model"], summary["budgets"], summary["sizes"]
     E = b["finetune_epochs"]
     q = max(1, E // 4)
     variant = (summary.get("pretraining", {}).get("mask") or {}).get("mask_variant")
     ft_text = ("no fine-tuning (--pretrain-only)" if summary.get("pretrain_only") else
-               f"fine-tuning {E} epochs, batch {b['finetune_batch_size']}, lr {b['finetune_lr']:g} cosine → "
+               f"fine-tuning {finetune_budget_text(b)}, batch {b['finetune_batch_size']}, lr {b['finetune_lr']:g} cosine → "
                f"{b['finetune_lr'] / 100:g}, EMA {b['ema_decay']}; validation {z['val']} frames; "
                f"test {z['test']} frames ({z['test_source']})")
     lines = [
@@ -148,7 +166,7 @@ def markdown(summary: Dict[str, Any]) -> str:
             "",
             "Against scratch, paired by seed: mean test-error difference [95 % t interval] (negative = better "
             "than scratch), and the fine-tuning epochs each seed needs to reach its scratch run's final "
-            f"validation force MAE (— = not within {E} epochs).",
+            "validation force MAE (— = not within its fine-tuning epochs).",
             "",
             "| N labels | strategy | Δ test F MAE (meV/Å) | Δ test E MAE (meV/atom) | epochs to scratch's final val F MAE |",
             "|---:|---|---:|---:|---|",

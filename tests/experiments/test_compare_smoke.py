@@ -49,7 +49,7 @@ def smoke(tmp_path_factory, shared_data, cmp):
 
 
 def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
-    out, md, _ = smoke
+    out, md, argv = smoke
     for strat in STRATEGIES:
         tm = json.loads((out / "runs" / f"ft_{strat}_n8_s0" / "test_metrics.json").read_text())
         assert tm["n_frames"] == 8
@@ -76,6 +76,13 @@ def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
     text = md.read_text()
     assert "rmd17:ethanol" in text and "| 8 | mask |" in text and "python experiments/compare_pretraining.py" in text
     assert "Against scratch, paired by seed" in text and "geometry-only rule 0." in text and "| 8 | scratch | (reference) | (reference) |" in text
+    assert "fine-tuning 2 epochs, batch 4" in text
+    # one marked block per experiment: regenerating it (--summary-only) replaces it, never appends a copy
+    cmp_ = _load_script()
+    assert cmp_.main([*argv, "--summary-only"]) == 0
+    again = md.read_text()
+    assert "--summary-only" not in again  # the command (and wall time) of the run that trained
+    assert again.count("Against scratch, paired by seed") == 1 and again.count("compare_pretraining rmd17:ethanol run:lr0.001 begin") == 1
     lines = (out / "commands.sh").read_text().splitlines()
     assert sum(line.startswith("maskpot-train configs/") for line in lines) == 5
     for name in ("pretrain_mask_s0", "pretrain_denoise_s0", "ft_scratch_n8_s0"):
