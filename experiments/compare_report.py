@@ -5,7 +5,7 @@ tip3p-traj and water-dft-transfer tables are in ``water_sources.py`` / ``water_t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -111,10 +111,12 @@ def finetune_budget_text(budgets: Dict[str, Any]) -> str:
     return f"{budgets['finetune_epochs']} epochs"
 
 
-def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
-    """Markers of this experiment's generated block in RESULTS.md (dataset + output folder + lr):
-    a rerun or ``--summary-only`` replaces its block instead of appending a copy."""
-    key = f"{summary['dataset']} {summary.get('out_name', '')}:lr{summary['budgets']['finetune_lr']:g}"
+def block_markers(summary: Dict[str, Any], key: Optional[str] = None) -> Tuple[str, str]:
+    """Markers of an experiment's generated block in RESULTS.md (the one format of every dataset;
+    ``key`` defaults to dataset + output folder + lr): a rerun or ``--summary-only`` replaces its
+    block instead of appending a copy."""
+    if key is None:
+        key = f"{summary['dataset']} {summary.get('out_name', '')}:lr{summary['budgets']['finetune_lr']:g}"
     return (f"<!-- compare_pretraining {key} begin (generated from summary.json) -->",
             f"<!-- compare_pretraining {key} end -->")
 

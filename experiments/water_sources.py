@@ -114,9 +114,10 @@ def labelled_split(args: Any) -> Tuple[np.ndarray, np.ndarray]:
 # tables (from summary.json only)
 # ------------------------------------------------------------------------------------------
 def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
-    key = f"{summary['out_name']}:lr{summary['budgets']['finetune_lr']:g}"
-    return (f"<!-- compare_pretraining tip3p-traj {key} begin (generated from summary.json) -->",
-            f"<!-- compare_pretraining tip3p-traj {key} end -->")
+    from maskpot.utils import load_sibling_module
+
+    key = f"tip3p-traj {summary['out_name']}:lr{summary['budgets']['finetune_lr']:g}"
+    return load_sibling_module(__file__, "compare_report").block_markers(summary, key)
 
 
 def write_block(md: Path, summary: Dict[str, Any], table: str) -> None:

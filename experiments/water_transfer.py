@@ -144,9 +144,9 @@ def add_comparisons(summary: Dict[str, Any], st: Any) -> None:
 
 
 def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
-    key = f"{summary['out_name']}:pool{summary['sizes'].get('pretrain_train')}:lr{summary['budgets']['finetune_lr']:g}"
-    return (f"<!-- compare_pretraining water-dft-transfer {key} begin (generated from summary.json) -->",
-            f"<!-- compare_pretraining water-dft-transfer {key} end -->")
+    key = (f"water-dft-transfer {summary['out_name']}:pool{summary['sizes'].get('pretrain_train')}"
+           f":lr{summary['budgets']['finetune_lr']:g}")
+    return _load_sibling("compare_report").block_markers(summary, key)
 
 
 def write_block(md: Path, summary: Dict[str, Any], table: str) -> None:
