@@ -256,8 +256,26 @@ def write_unlabelled_pool(plan: DatasetPlan, out: Path) -> Path:
     return path
 
 
-def _write_splits(path: Path, n: int, train: np.ndarray, val: np.ndarray, test: np.ndarray, seed: int) -> Dict[str, int]:
-    """A maskpot splits file whose metadata matches ``data.splits`` (so maskpot reuses it silently)."""
+_HASHES: Dict[Tuple[str, Optional[str]], str] = {}
+
+
+def file_data_hash(path: Path, fmt: Optional[str] = None) -> str:
+    """The ``data_hash`` maskpot-train computes for ``path`` read with ``data.format`` ``fmt`` and
+    default read options (the driver sets neither units nor strictness), cached per file."""
+    from maskpot.data.dataset import AtomicDataset
+    from maskpot.data.io import read_dataset
+
+    key = (str(Path(path).resolve()), fmt)
+    if key not in _HASHES:
+        _HASHES[key] = AtomicDataset(read_dataset(path, format=fmt)).data_hash()
+    return _HASHES[key]
+
+
+def _write_splits(path: Path, n: int, train: np.ndarray, val: np.ndarray, test: np.ndarray, seed: int,
+                  data_hash: Optional[str] = None) -> Dict[str, int]:
+    """A maskpot splits file whose metadata matches ``data.splits`` (so maskpot reuses it silently),
+    with the ``data_hash`` of the file it indexes (maskpot-train checks it). An existing file must
+    hold the same splits; one written before hashes were stored gets the hash added."""
     from maskpot.data.dataset import load_splits, save_splits
 
     counts = {"train": int(len(train)), "val": int(len(val)), "test": int(len(test))}
@@ -267,9 +285,14 @@ def _write_splits(path: Path, n: int, train: np.ndarray, val: np.ndarray, test: 
         old = load_splits(path, n)
         if any(not np.array_equal(old[k], splits[k]) for k in splits):
             raise RuntimeError(f"{path} holds different splits than this experiment asks for: use another --out")
-        return counts
+        with np.load(path, allow_pickle=False) as z:
+            stored = str(z["data_hash"]) if "data_hash" in z.files else None
+        if data_hash is None or stored == data_hash:
+            return counts
+        if stored is not None:
+            load_splits(path, n, data_hash)  # raises: the file was made for other data
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_splits(path, splits, n, metadata={"seed": seed, "counts": counts, "sizes": counts})
+    save_splits(path, splits, n, metadata={"seed": seed, "counts": counts, "sizes": counts}, data_hash=data_hash)
     return counts
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import shlex
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -26,6 +27,7 @@ def _load_sibling(name: str) -> Any:
 
 _ds = _load_sibling("compare_datasets")
 REPO, DatasetPlan, _write_splits, labelled_subset = _ds.REPO, _ds.DatasetPlan, _ds._write_splits, _ds.labelled_subset
+file_data_hash = _ds.file_data_hash
 pretrain_molecules = _load_sibling("rmd17_sources").pretrain_molecules
 
 
@@ -95,11 +97,15 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
         "n_train": plan.pretrain_n_train if plan.pretrain_n_train is not None else len(plan.pool_idx),
         "n_val": plan.pretrain_n_val if plan.pretrain_n_val is not None else len(plan.val_idx)}}
     set_counts: Dict[str, Tuple[Dict[str, int], Path]] = {}
+    users = Counter(ds["split"] for ds in sets.values())
     for key, ds in sets.items():
         n_tr, n_va = int(ds["n_train"]), int(ds["n_val"])
         split = out / "splits" / ds["split"]
+        # a splits file shared by two files (the TIP3P pool with and without its labels: same
+        # frames, different hashes) cannot carry one file's hash; maskpot-train then only warns
+        digest = file_data_hash(ds["file"], "npz") if users[ds["split"]] == 1 else None
         set_counts[key] = (_write_splits(split, n_tr + n_va, np.arange(n_tr), np.arange(n_tr, n_tr + n_va),
-                                         np.zeros(0, dtype=np.int64), args.data_seed), split)
+                                         np.zeros(0, dtype=np.int64), args.data_seed, data_hash=digest), split)
     common_model = model_overrides(args, plan)
     threads = [f"train.num_threads={args.threads}"] if args.threads else []
     patience = int(getattr(args, "patience", 0) or 0)
@@ -165,7 +171,8 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
         for seed in args.seeds:
             train_idx = labelled_subset(plan, seed, n_label)
             split = out / "splits" / f"finetune_n{n_label}_s{seed}.npz"
-            counts = _write_splits(split, plan.n_frames, train_idx, plan.val_idx, plan.test_idx, args.data_seed)
+            counts = _write_splits(split, plan.n_frames, train_idx, plan.val_idx, plan.test_idx, args.data_seed,
+                                   data_hash=file_data_hash(plan.labelled))
             # One fine-tuning config for the three strategies: only init.checkpoint differs.
             ft = [
                 "task=energy_force", f"data.path={plan.labelled}",

@@ -142,6 +142,36 @@ def test_identical_finetuning_budgets(smoke) -> None:
     assert set(ft["val"].tolist()) == set(meta["val_indices"])
 
 
+def test_splits_carry_the_hash_maskpot_train_checks(smoke) -> None:
+    """Every splits file the driver writes stores the data hash maskpot-train computed for the run
+    that used it (no "splits written by an older maskpot" warnings, mismatches are caught)."""
+    out, _, _ = smoke
+    checked = 0
+    for run in sorted((out / "runs").iterdir()):
+        info = json.loads((run / "run.json").read_text())
+        split = Path(info["data_hash"]["split_file"])
+        with np.load(split) as z:
+            assert "data_hash" in z.files, split
+            assert str(z["data_hash"]) == info["data_hash"]["data"], run.name
+        checked += 1
+    assert checked >= 5
+
+
+def test_old_splits_files_get_the_hash_and_wrong_hashes_fail(cmp, tmp_path) -> None:
+    from maskpot.data.dataset import save_splits
+    from maskpot.data.validate import DataValidationError
+
+    write = cmp._ds._write_splits
+    path = tmp_path / "s.npz"
+    idx = {"train": np.arange(3), "val": np.arange(3, 5), "test": np.zeros(0, dtype=np.int64)}
+    save_splits(path, idx, 5)  # as written by an older driver: no hash
+    write(path, 5, idx["train"], idx["val"], idx["test"], 0, data_hash="abc")
+    with np.load(path) as z:
+        assert str(z["data_hash"]) == "abc" and z["train"].tolist() == [0, 1, 2]
+    with pytest.raises(DataValidationError, match="data_hash"):
+        write(path, 5, idx["train"], idx["val"], idx["test"], 0, data_hash="other")
+
+
 def test_rerun_skips_finished_runs(smoke, cmp) -> None:
     out, md, argv = smoke
     stamp = {s: os.stat(out / "runs" / f"ft_{s}_n8_s0" / "best.pt").st_mtime_ns for s in STRATEGIES}

@@ -171,6 +171,19 @@ def test_transfer_arms_need_the_transfer_dataset(cmp, tmp_path) -> None:
 # ------------------------------------------------------------------------------------------
 # the opt-in arms at the plan level (no data generated, nothing trained)
 # ------------------------------------------------------------------------------------------
+def _stand_in_files(folder, frames):
+    """Tiny water-dimer npz files (the planner hashes the files its splits index)."""
+    from maskpot.data.io import write_npz
+    from maskpot.data.sample import Sample
+
+    rng = np.random.default_rng(0)
+    base = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0],
+                     [3.0, 0.0, 0.0], [3.96, 0.0, 0.0], [2.76, 0.93, 0.0]])
+    for name, n in frames.items():
+        write_npz(folder / name, [Sample(positions=base + rng.normal(0, 0.02, base.shape), numbers=[8, 1, 1, 8, 1, 1])
+                                  for _ in range(n)])
+
+
 def _plan(cmp, tmp_path, strategies, dataset="water-dft-transfer"):
     """(args, {run name: Run}) of a tiny water-dft-transfer grid on a stand-in dataset plan."""
     args = cmp.build_parser().parse_args([
@@ -179,8 +192,9 @@ def _plan(cmp, tmp_path, strategies, dataset="water-dft-transfer"):
         "--out", str(tmp_path), *(["--strategies", *strategies] if strategies else [])])
     cmp.resolve_defaults(args)
     c = cmp.CONFIGS
+    _stand_in_files(tmp_path, {"dft_labelled.npz": 20, "unl.npz": 8, "lab.npz": 8, "dft.npz": 10})
     plan = cmp.DatasetPlan(
-        name=dataset, kind="water-dft-transfer", labelled=tmp_path / "dft", test_path=None, n_frames=20,
+        name=dataset, kind="water-dft-transfer", labelled=tmp_path / "dft_labelled.npz", test_path=None, n_frames=20,
         pool_idx=np.arange(10), val_idx=np.arange(10, 14), test_idx=np.arange(14, 20),
         configs={"scratch": c / "water_scratch.yaml", "finetune": c / "water_finetune.yaml",
                  "mask": c / "water_pretrain_mask.yaml", "denoise": c / "water_pretrain_denoise.yaml"},
