@@ -53,13 +53,15 @@ def _train_seconds(run: Path, summary: Dict[str, Any]) -> Optional[float]:
         return summary.get("elapsed_s")
 
 
-def _loss_text(objective: Dict[str, Any]) -> str:
-    """Loss form and energy : force weights of a run, e.g. "MSE 1:100" (the recipe differs between rows)."""
+def _recipe_text(cfg: Dict[str, Any]) -> str:
+    """Loss form, energy : force weights and peak learning rate of a run, e.g. "MSE 1:100, lr 0.003"
+    (the recipe differs between rows)."""
+    objective = cfg.get("objective", {})
     kind = str(objective.get("loss_kind", "?")).upper()
     ew, fw = objective.get("energy_weight"), objective.get("force_weight")
-    if not ew or fw is None:
-        return kind
-    return f"{kind} 1:{float(fw) / float(ew):g}"
+    text = kind if not ew or fw is None else f"{kind} 1:{float(fw) / float(ew):g}"
+    lr = cfg.get("train", {}).get("lr")
+    return f"{text}, lr {float(lr):g}" if lr is not None else text
 
 
 def collect(out: Path) -> List[Dict[str, Any]]:
@@ -82,7 +84,7 @@ def collect(out: Path) -> List[Dict[str, Any]]:
             "model": f"{cfg['model']['name']} {cfg['model'].get('hidden_channels')}x{cfg['model'].get('num_layers')}, "
                      f"{cfg['model'].get('cutoff')} Å", "params": _num_params(run / "best.pt"),
             "threads": cfg["train"].get("num_threads") or info.get("torch_threads"),
-            "loss": _loss_text(cfg.get("objective", {})),
+            "loss": _recipe_text(cfg),
             "md": md,
         })
     return rows
@@ -90,7 +92,7 @@ def collect(out: Path) -> List[Dict[str, Any]]:
 
 def table(rows: List[Dict[str, Any]]) -> str:
     """Markdown: per molecule, our rows (in the given order), then the published anchors."""
-    lines = ["| molecule | model | energy MAE (meV) | force MAE (meV/Å) | target E / F | loss E:F | epochs | "
+    lines = ["| molecule | model | energy MAE (meV) | force MAE (meV/Å) | target E / F | loss E:F, lr | epochs | "
              "train wall (min) | parameters | 10 ps NVT (ASE, 300 K) |", "|---|---|---|---|---|---|---|---|---|---|"]
     molecules = sorted({r["molecule"] for r in rows})
     for mol in molecules:

@@ -17,13 +17,14 @@ def _table_module():
     return mod
 
 
-def _fake_run(root: Path, molecule: str, model: str, force: float, epoch_seconds: list, force_weight: float = 100.0) -> None:
+def _fake_run(root: Path, molecule: str, model: str, force: float, epoch_seconds: list, force_weight: float = 100.0,
+              lr: float = 3e-3) -> None:
     run = root / molecule / "train" / "accurate"
     run.mkdir(parents=True)
     (run / "test_metrics.json").write_text(json.dumps({"energy_mae_meV": 2.0, "force_mae_meV_per_A": force,
                                                        "n_frames": 1000}))
     cfg = {"model": {"name": model, "hidden_channels": 64, "num_layers": 2, "cutoff": 5.0},
-           "train": {"num_threads": None},
+           "train": {"num_threads": None, "lr": lr},
            "objective": {"loss_kind": "mse", "energy_weight": 1.0, "force_weight": force_weight}}
     # elapsed_s covers only the last resumed segment; the table must not use it when metrics.csv exists
     (run / "run.json").write_text(json.dumps({"config": cfg, "torch_threads": 1,
@@ -35,14 +36,14 @@ def _fake_run(root: Path, molecule: str, model: str, force: float, epoch_seconds
 def test_two_folders_side_by_side(tmp_path: Path) -> None:
     table = _table_module()
     _fake_run(tmp_path / "a", "ethanol", "tensornet", 11.0, [60.0, 60.0, 120.0])
-    _fake_run(tmp_path / "b", "ethanol", "painn", 16.8, [60.0], force_weight=10.0)
+    _fake_run(tmp_path / "b", "ethanol", "painn", 16.8, [60.0], force_weight=10.0, lr=1e-3)
     assert table.main(["--out", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     text = (tmp_path / "a" / "accuracy.md").read_text()
     ours = [line for line in text.splitlines() if "**ours**" in line]
     assert len(ours) == 2 and "tensornet" in ours[0] and "painn" in ours[1]
     assert "| 4 (1 thread) |" in ours[0]  # 240 s summed over the resumed segments
     assert text.count("MACE (published)") == 1
-    # the recipe differs between rows: each states its loss and energy : force weights
-    assert "| MSE 1:100 |" in ours[0] and "| MSE 1:10 |" in ours[1]
+    # the recipe differs between rows: each states its loss, energy : force weights and learning rate
+    assert "| MSE 1:100, lr 0.003 |" in ours[0] and "| MSE 1:10, lr 0.001 |" in ours[1]
     header = text.splitlines()[0]
     assert all(line.count("|") == header.count("|") for line in text.splitlines() if line.startswith("| "))
