@@ -83,6 +83,11 @@ def broadcast_object(obj, ctx: DistContext, src: int = 0):
 
 
 def _local_rank_main(rank: int, world_size: int, port: int, cfg: dict) -> None:
+    import faulthandler
+
+    # a rank that dies in native code (SIGABRT/SIGSEGV, e.g. in gloo) prints every thread's
+    # Python stack to stderr, so a rare crash says where it happened
+    faulthandler.enable(all_threads=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
