@@ -825,3 +825,30 @@ def write_dataset(path: PathLike, samples: Sequence[Sample], format: Optional[st
         write_npz(path, samples, **kw)
     else:
         raise ValueError(f"{path}: cannot write format {fmt!r}; expected a .xyz/.extxyz or .npz path (or format=)")
+
+
+def write_unlabelled_pool(
+    path: PathLike, sources: Sequence[Tuple[PathLike, Optional[Sequence[int]]]],
+    metadata: Optional[Dict[str, Any]] = None,
+) -> int:
+    """Write the frames of several data files, energies and forces dropped, to one maskpot
+    ``.npz`` (the input of masked or denoising pretraining; atomically).
+
+    ``sources``: ``(file, leave_out)`` pairs, ``leave_out`` the frame indices of that file to skip
+    (e.g. the fine-tuning validation frames of the target molecule) or None. Frames keep their
+    file order. Returns the number of frames written."""
+    frames: List[Sample] = []
+    used: List[Dict[str, Any]] = []
+    for file, leave_out in sources:
+        samples = read_dataset(file)
+        skip = {int(i) for i in (leave_out if leave_out is not None else [])}
+        bad = [i for i in skip if not 0 <= i < len(samples)]
+        if bad:
+            raise ValueError(f"{file}: leave-out indices {sorted(bad)[:5]} out of range (file has {len(samples)} frames)")
+        kept = [s.copy(energy=None, forces=None) for k, s in enumerate(samples) if k not in skip]
+        frames += kept
+        used.append({"file": str(file), "frames": len(kept), "left_out": sorted(skip)})
+    if not frames:
+        raise ValueError(f"{path}: write_unlabelled_pool: no frames left to write")
+    write_npz(path, frames, metadata={**(metadata or {}), "labels": "removed (pretraining input)", "sources": used})
+    return len(frames)
