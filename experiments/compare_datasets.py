@@ -242,17 +242,15 @@ def write_unlabelled_pool(plan: DatasetPlan, out: Path) -> Path:
 
     Frame order: the pool (sorted indices), then the validation frames.
     """
-    from maskpot.data.io import read_dataset, write_npz
+    from maskpot.data import io
 
     path = out / "data" / "pretrain_unlabelled.npz"
     if path.is_file():
         return path
-    samples = read_dataset(plan.labelled)
-    frames = [samples[int(i)].copy(energy=None, forces=None) for i in np.concatenate([plan.pool_idx, plan.val_idx])]
-    assert all(s.energy is None and s.forces is None for s in frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_npz(path, frames, metadata={"source": str(plan.labelled), "labels": "removed (pretraining input)",
-                                      "pool_indices": plan.pool_idx.tolist(), "val_indices": plan.val_idx.tolist()})
+    io.write_unlabelled_pool(path, [(plan.labelled, np.concatenate([plan.pool_idx, plan.val_idx]))],
+                             metadata={"source": str(plan.labelled), "pool_indices": plan.pool_idx.tolist(),
+                                       "val_indices": plan.val_idx.tolist()})
     return path
 
 

@@ -71,7 +71,8 @@ def molecule_pool(data: Path, train_file: Path, out: Path) -> Tuple[Path, List[i
         target = read_dataset(train_file)
         split = load_or_create_splits(out / "train" / "accurate" / "splits.npz", len(target), cfg["splits"],
                                       seed=int(cfg["seed"]), data_hash=AtomicDataset(target).data_hash())
-        n = write_unlabelled_pool(pool, [(f, split["val"] if f == train_file else None) for f in files],
+        keep = np.setdiff1d(np.arange(len(target)), split["val"])
+        n = write_unlabelled_pool(pool, [(f, keep if f == train_file else None) for f in files],
                                   metadata={"target": str(train_file), "left_out": "the target's fine-tuning validation frames"})
         print(f"  pretraining pool: {n} unlabelled frames of {len(files)} molecules -> {pool}")
     species = sorted({int(z) for s in read_npz(pool) for z in np.unique(s.numbers)})

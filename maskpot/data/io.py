@@ -831,24 +831,25 @@ def write_unlabelled_pool(
     path: PathLike, sources: Sequence[Tuple[PathLike, Optional[Sequence[int]]]],
     metadata: Optional[Dict[str, Any]] = None,
 ) -> int:
-    """Write the frames of several data files, energies and forces dropped, to one maskpot
+    """Write frames of one or more data files, energies and forces dropped, to one maskpot
     ``.npz`` (the input of masked or denoising pretraining; atomically).
 
-    ``sources``: ``(file, leave_out)`` pairs, ``leave_out`` the frame indices of that file to skip
-    (e.g. the fine-tuning validation frames of the target molecule) or None. Frames keep their
-    file order. Returns the number of frames written."""
+    ``sources``: ``(file, indices)`` pairs, ``indices`` the frames of that file to take, in that
+    order (None: every frame); each file is read once. Returns the number of frames written."""
     frames: List[Sample] = []
     used: List[Dict[str, Any]] = []
-    for file, leave_out in sources:
-        samples = read_dataset(file)
-        skip = {int(i) for i in (leave_out if leave_out is not None else [])}
-        bad = [i for i in skip if not 0 <= i < len(samples)]
+    cache: Dict[str, List[Sample]] = {}
+    for file, indices in sources:
+        if str(file) not in cache:
+            cache[str(file)] = read_dataset(file)
+        samples = cache[str(file)]
+        take = range(len(samples)) if indices is None else [int(i) for i in indices]
+        bad = [i for i in take if not 0 <= i < len(samples)]
         if bad:
-            raise ValueError(f"{file}: leave-out indices {sorted(bad)[:5]} out of range (file has {len(samples)} frames)")
-        kept = [s.copy(energy=None, forces=None) for k, s in enumerate(samples) if k not in skip]
-        frames += kept
-        used.append({"file": str(file), "frames": len(kept), "left_out": sorted(skip)})
+            raise ValueError(f"{file}: frame indices {bad[:5]} out of range (file has {len(samples)} frames)")
+        frames += [samples[i].copy(energy=None, forces=None) for i in take]
+        used.append({"file": str(file), "frames": len(take)})
     if not frames:
-        raise ValueError(f"{path}: write_unlabelled_pool: no frames left to write")
+        raise ValueError(f"{path}: write_unlabelled_pool: no frames to write")
     write_npz(path, frames, metadata={**(metadata or {}), "labels": "removed (pretraining input)", "sources": used})
     return len(frames)
