@@ -10,9 +10,11 @@ defaults (a few hundred training frames, a small PaiNN, short MD) run in minutes
 ``--full`` is the accuracy protocol of ``configs/rmd17_accurate.yaml`` (950/50 frames, TensorNet
 64x2, MSE energy+forces, cosine schedule, EMA; from scratch, or ``--pretrain`` for masked
 pretraining first, by default on the unlabelled train_01 frames of every rMD17 molecule in
-``--data``) followed by 10 ps of ASE Langevin NVT at 300 K and an NVE run for the drift.
+``--data``, done once under ``--out`` for every molecule) followed by 10 ps of ASE Langevin NVT at 300 K and an NVE run for the drift.
 
-Outputs: ``train/{mask,finetune,scratch}/`` (maskpot-train runs), ``model.pt``,
+Outputs (under ``--out/<molecule>``): ``train/{mask,finetune,scratch}/`` or, with ``--full``,
+``train/accurate/`` (maskpot-train runs; ``--full --pretrain``'s shared pretraining is
+``--out/train/mask_all_molecules`` on ``--out/pretrain_pool.npz``), ``model.pt``,
 ``start.xyz``, ``md/`` (maskpot-md ase: traj.extxyz, md.csv, result.json), ``nve/`` (a short NVE
 run for the energy drift), ``analysis/`` and ``report.md``.
 """
@@ -50,33 +52,53 @@ POOL_PRETRAIN = ("train.epochs=10", "train.batch_size=16", "train.lr=1e-3", "tra
                  "objective.mask_variant=local")
 
 
-def molecule_pool(data: Path, train_file: Path, out: Path) -> Tuple[Path, List[int]]:
-    """(pool file, species): the unlabelled ``train_01`` frames of every rMD17 molecule in ``data``
-    except the target's fine-tuning validation frames, written once to ``out/pretrain_pool.npz``.
-    The fine-tuning splits are made first (``train/accurate/splits.npz``, the config's sizes and
-    seed; maskpot-train then uses that file) so the pool can leave their validation frames out;
-    test_01 files are never read."""
-    import numpy as np
-    import yaml
+def molecule_pool(data: Path, out: Path, splits: Dict[str, int], seed: int) -> Tuple[Path, List[int]]:
+    """(pool file, species): the unlabelled ``train_01`` frames of every rMD17 molecule in ``data``,
+    less each molecule's fine-tuning validation frames, written once to ``out/pretrain_pool.npz``.
 
-    from maskpot.data.dataset import AtomicDataset, load_or_create_splits
-    from maskpot.data.io import read_dataset, read_npz, write_unlabelled_pool
+    The validation frames are those maskpot-train draws for that molecule (``make_splits`` with the
+    fine-tuning ``splits`` sizes and ``seed``), so one pool, and one pretraining on it, serves the
+    fine-tuning of every molecule under ``out`` without any of them validating on frames it was
+    pretrained on. test_01 files are never read."""
+    import numpy as np
+
+    from maskpot.data.dataset import make_splits
+    from maskpot.data.io import read_npz, write_unlabelled_pool
 
     pool = out / "pretrain_pool.npz"
     files = sorted(data.glob("rmd17_*_train_01.npz"))
-    if train_file not in files:
-        raise SystemExit(f"{train_file}: not among the rMD17 train_01 files of {data}")
-    if not pool.exists():
-        cfg = yaml.safe_load((CONFIGS / "rmd17_accurate.yaml").read_text())["data"]
-        target = read_dataset(train_file)
-        split = load_or_create_splits(out / "train" / "accurate" / "splits.npz", len(target), cfg["splits"],
-                                      seed=int(cfg["seed"]), data_hash=AtomicDataset(target).data_hash())
-        keep = np.setdiff1d(np.arange(len(target)), split["val"])
-        n = write_unlabelled_pool(pool, [(f, keep if f == train_file else None) for f in files],
-                                  metadata={"target": str(train_file), "left_out": "the target's fine-tuning validation frames"})
+    if not files:
+        raise SystemExit(f"{data}: no rMD17 train_01 files (rmd17_<molecule>_train_01.npz) for the pretraining pool")
+    want = {"molecule_files": [f.name for f in files], "left_out": "each molecule's fine-tuning validation frames",
+            "finetune_splits": dict(splits), "finetune_seed": int(seed)}
+    if pool.exists():
+        with np.load(pool, allow_pickle=False) as z:
+            meta = json.loads(str(z["metadata"])) if "metadata" in z.files else {}
+        if any(meta.get(k) != v for k, v in want.items()):
+            raise SystemExit(f"{pool} was written for other molecules or fine-tuning splits "
+                             f"(stored {({k: meta.get(k) for k in want})}, wanted {want}): use another --out")
+    else:
+        def keep(n: int) -> np.ndarray:
+            return np.setdiff1d(np.arange(n), make_splits(n, splits, seed)["val"])
+
+        out.mkdir(parents=True, exist_ok=True)
+        n = write_unlabelled_pool(pool, [(f, keep) for f in files], metadata=want)
         print(f"  pretraining pool: {n} unlabelled frames of {len(files)} molecules -> {pool}")
     species = sorted({int(z) for s in read_npz(pool) for z in np.unique(s.numbers)})
     return pool, species
+
+
+def check_pool_splits(run: Path, n: int, splits: Dict[str, int], seed: int) -> None:
+    """An existing fine-tuning splits file must hold the validation frames the pool left out
+    (else that run would validate on pretraining frames): a clear error, not a silent leak."""
+    import numpy as np
+
+    from maskpot.data.dataset import load_splits, make_splits
+
+    f = run / "splits.npz"
+    if f.exists() and not np.array_equal(load_splits(f, n)["val"], make_splits(n, splits, seed)["val"]):
+        raise SystemExit(f"{f}: its validation frames are not the ones the shared pretraining pool left out "
+                         f"(made with other sizes or seed): use another --out")
 
 
 def banner(msg: str) -> None:
@@ -165,13 +187,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.pretrain:
             model_keys = [f"model.{k}={v}" for k, v in _accurate_model().items()]
             if args.pretrain_pool == "all":
-                pool, species = molecule_pool(data, train_file, out)
+                # one pretraining under --out for every molecule: the pool leaves out each one's
+                # fine-tuning validation frames (the splits below: sizes of FULL, the config's seed)
+                import yaml
+
+                from maskpot.data.io import read_dataset
+
+                sizes = yaml.safe_load(p["splits"])
+                seed = int(yaml.safe_load((CONFIGS / "rmd17_accurate.yaml").read_text())["data"]["seed"])
+                check_pool_splits(out / "train" / "accurate", len(read_dataset(train_file)), sizes, seed)
+                pool, species = molecule_pool(data, Path(args.out), sizes, seed)
                 pre_data = [f"data.path={pool}", "data.splits={train: 0.98, val: 0.02, test: 0.0}",
                             f"model.species={species}"] + list(POOL_PRETRAIN)
                 dat = dat + [f"model.species={species}"]
+                runs["mask"] = train("mask_all_molecules", "rmd17_pretrain_mask.yaml", Path(args.out),
+                                     common + pre_data + model_keys)
             else:
-                pre_data = [f"data.path={train_file}"]
-            runs["mask"] = train("mask", "rmd17_pretrain_mask.yaml", out, common + pre_data + model_keys)
+                runs["mask"] = train("mask", "rmd17_pretrain_mask.yaml", out,
+                                     common + [f"data.path={train_file}"] + model_keys)
             runs["accurate"] = train("accurate", "rmd17_accurate.yaml", out, common + ft + dat,
                                      init=runs["mask"] / "best.pt")
         else:

@@ -64,6 +64,15 @@ def _recipe_text(cfg: Dict[str, Any]) -> str:
     return f"{text}, lr {float(lr):g}" if lr is not None else text
 
 
+def _init_text(info: Dict[str, Any]) -> str:
+    """", masked-pretrained" (or the pretraining task) for a run started from a pretrained
+    checkpoint (run.json ``init``), "" for one from scratch."""
+    task = (info.get("init") or {}).get("source_task")
+    if not task:
+        return ""
+    return ", masked-pretrained" if task == "mask" else f", {task}-pretrained"
+
+
 def collect(out: Path) -> List[Dict[str, Any]]:
     rows = []
     for mol_dir in sorted(p for p in out.iterdir() if p.is_dir()):
@@ -82,7 +91,7 @@ def collect(out: Path) -> List[Dict[str, Any]]:
             "molecule": mol_dir.name, "energy_mae": tm.get("energy_mae_meV"), "force_mae": tm.get("force_mae_meV_per_A"),
             "n_test": tm.get("n_frames"), "epochs": summ.get("epochs_done"), "train_s": _train_seconds(run, summ),
             "model": f"{cfg['model']['name']} {cfg['model'].get('hidden_channels')}x{cfg['model'].get('num_layers')}, "
-                     f"{cfg['model'].get('cutoff')} Å", "params": _num_params(run / "best.pt"),
+                     f"{cfg['model'].get('cutoff')} Å{_init_text(info)}", "params": _num_params(run / "best.pt"),
             "threads": cfg["train"].get("num_threads") or info.get("torch_threads"),
             "loss": _recipe_text(cfg),
             "md": md,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from ase import units
@@ -828,14 +828,17 @@ def write_dataset(path: PathLike, samples: Sequence[Sample], format: Optional[st
 
 
 def write_unlabelled_pool(
-    path: PathLike, sources: Sequence[Tuple[PathLike, Optional[Sequence[int]]]],
+    path: PathLike,
+    sources: Sequence[Tuple[PathLike, Union[None, Sequence[int], Callable[[int], Sequence[int]]]]],
     metadata: Optional[Dict[str, Any]] = None,
 ) -> int:
     """Write frames of one or more data files, energies and forces dropped, to one maskpot
     ``.npz`` (the input of masked or denoising pretraining; atomically).
 
     ``sources``: ``(file, indices)`` pairs, ``indices`` the frames of that file to take, in that
-    order (None: every frame); each file is read once. Returns the number of frames written."""
+    order: a sequence, None (every frame) or a function of the file's frame count that returns
+    them (for selections that depend on it, e.g. "all but the validation split"); each file is
+    read once. Returns the number of frames written."""
     frames: List[Sample] = []
     used: List[Dict[str, Any]] = []
     cache: Dict[str, List[Sample]] = {}
@@ -843,6 +846,8 @@ def write_unlabelled_pool(
         if str(file) not in cache:
             cache[str(file)] = read_dataset(file)
         samples = cache[str(file)]
+        if callable(indices):
+            indices = indices(len(samples))
         take = range(len(samples)) if indices is None else [int(i) for i in indices]
         bad = [i for i in take if not 0 <= i < len(samples)]
         if bad:

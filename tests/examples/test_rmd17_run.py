@@ -52,33 +52,47 @@ def _fake_rmd17(path: Path, n: int, numbers: List[int], seed: int) -> None:
                             forces=np.zeros(base.shape)) for k in range(n)])
 
 
-def test_molecule_pool_leaves_out_the_target_validation_frames(tmp_path: Path) -> None:
-    """--pretrain --pretrain-pool all: every molecule's train_01 frames, labels dropped, minus the
-    target's fine-tuning validation frames (the splits file maskpot-train then reuses)."""
+def test_molecule_pool_leaves_out_every_molecules_validation_frames(tmp_path: Path) -> None:
+    """--pretrain --pretrain-pool all: one pool (and pretraining) for every molecule under --out:
+    every molecule's train_01 frames, labels dropped, minus the validation frames maskpot-train
+    will draw when that molecule is fine-tuned (same sizes and seed)."""
     import numpy as np
 
-    from maskpot.data.dataset import load_splits
+    from maskpot.data.dataset import load_or_create_splits, save_splits
     from maskpot.data.io import read_dataset, read_npz
 
     data = tmp_path / "rmd17"
     data.mkdir()
-    target = data / "rmd17_ethanol_train_01.npz"
-    _fake_rmd17(target, 1000, [6, 8, 1], seed=0)
-    _fake_rmd17(data / "rmd17_uracil_train_01.npz", 30, [7, 6, 1, 1], seed=1)
+    counts = {"ethanol": 60, "uracil": 40}
+    _fake_rmd17(data / "rmd17_ethanol_train_01.npz", 60, [6, 8, 1], seed=0)
+    _fake_rmd17(data / "rmd17_uracil_train_01.npz", 40, [7, 6, 1, 1], seed=1)
     (data / "rmd17_ethanol_test_01.npz").write_bytes(b"never read")
     mod = _run_module()
-    pool, species = mod.molecule_pool(data, target, tmp_path / "out")
+    sizes = {"train": 30, "val": 10, "test": 0}
+    out = tmp_path / "out"
+    pool, species = mod.molecule_pool(data, out, sizes, seed=3)
     assert species == [1, 6, 7, 8]
     frames = read_npz(pool)
-    assert len(frames) == 950 + 30 and all(f.energy is None and f.forces is None for f in frames)
-    split = load_splits(tmp_path / "out" / "train" / "accurate" / "splits.npz")
-    assert len(split["train"]) == 950 and len(split["val"]) == 50
-    src = read_dataset(target)
+    assert len(frames) == 50 + 30 and all(f.energy is None and f.forces is None for f in frames)
     pooled = {f.positions.tobytes() for f in frames}
-    assert not any(src[int(i)].positions.tobytes() in pooled for i in split["val"])
-    assert all(src[int(i)].positions.tobytes() in pooled for i in split["train"])
-    with np.load(tmp_path / "out" / "train" / "accurate" / "splits.npz") as z:
-        assert "data_hash" in z.files
+    for mol, n in counts.items():
+        # the splits maskpot-train makes for this molecule's fine-tuning (training/cli.py)
+        split = load_or_create_splits(tmp_path / f"{mol}_splits.npz", n, sizes, seed=3)
+        src = read_dataset(data / f"rmd17_{mol}_train_01.npz")
+        assert not any(src[int(i)].positions.tobytes() in pooled for i in split["val"])
+        assert all(src[int(i)].positions.tobytes() in pooled for i in split["train"])
     stamp = pool.stat().st_mtime_ns
-    mod.molecule_pool(data, target, tmp_path / "out")  # a rerun reuses the pool
+    mod.molecule_pool(data, out, sizes, seed=3)  # a rerun reuses the pool
     assert pool.stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="other molecules or fine-tuning splits"):
+        mod.molecule_pool(data, out, sizes, seed=4)  # another seed: other validation frames
+    # a fine-tuning run whose stored splits hold other validation frames is refused
+    run = out / "ethanol" / "train" / "accurate"
+    run.mkdir(parents=True)
+    mod.check_pool_splits(run, 60, sizes, seed=3)  # no splits file yet: fine
+    other = load_or_create_splits(tmp_path / "other.npz", 60, sizes, seed=5)
+    save_splits(run / "splits.npz", other, 60)
+    with pytest.raises(SystemExit, match="not the ones the shared pretraining pool left out"):
+        mod.check_pool_splits(run, 60, sizes, seed=3)
+    assert np.array_equal(load_or_create_splits(tmp_path / "ethanol_splits.npz", 60, sizes, seed=3)["val"],
+                          load_or_create_splits(tmp_path / "again.npz", 60, sizes, seed=3)["val"])

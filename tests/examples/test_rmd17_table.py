@@ -18,7 +18,7 @@ def _table_module():
 
 
 def _fake_run(root: Path, molecule: str, model: str, force: float, epoch_seconds: list, force_weight: float = 100.0,
-              lr: float = 3e-3) -> None:
+              lr: float = 3e-3, init_task: str = "") -> None:
     run = root / molecule / "train" / "accurate"
     run.mkdir(parents=True)
     (run / "test_metrics.json").write_text(json.dumps({"energy_mae_meV": 2.0, "force_mae_meV_per_A": force,
@@ -27,8 +27,10 @@ def _fake_run(root: Path, molecule: str, model: str, force: float, epoch_seconds
            "train": {"num_threads": None, "lr": lr},
            "objective": {"loss_kind": "mse", "energy_weight": 1.0, "force_weight": force_weight}}
     # elapsed_s covers only the last resumed segment; the table must not use it when metrics.csv exists
-    (run / "run.json").write_text(json.dumps({"config": cfg, "torch_threads": 1,
-                                              "summary": {"epochs_done": len(epoch_seconds), "elapsed_s": 1.0}}))
+    info = {"config": cfg, "torch_threads": 1, "summary": {"epochs_done": len(epoch_seconds), "elapsed_s": 1.0}}
+    if init_task:
+        info["init"] = {"checkpoint": "/x/best.pt", "source_task": init_task}
+    (run / "run.json").write_text(json.dumps(info))
     rows = ["epoch,step,time_s"] + [f"{k + 1},{k},{t}" for k, t in enumerate(epoch_seconds)]
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
 
@@ -36,11 +38,13 @@ def _fake_run(root: Path, molecule: str, model: str, force: float, epoch_seconds
 def test_two_folders_side_by_side(tmp_path: Path) -> None:
     table = _table_module()
     _fake_run(tmp_path / "a", "ethanol", "tensornet", 11.0, [60.0, 60.0, 120.0])
-    _fake_run(tmp_path / "b", "ethanol", "painn", 16.8, [60.0], force_weight=10.0, lr=1e-3)
+    _fake_run(tmp_path / "b", "ethanol", "painn", 16.8, [60.0], force_weight=10.0, lr=1e-3, init_task="mask")
     assert table.main(["--out", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     text = (tmp_path / "a" / "accuracy.md").read_text()
     ours = [line for line in text.splitlines() if "**ours**" in line]
     assert len(ours) == 2 and "tensornet" in ours[0] and "painn" in ours[1]
+    # a fine-tuned row says what it was pretrained by, a scratch row says nothing
+    assert "masked-pretrained" in ours[1] and "pretrained" not in ours[0]
     assert "| 4 (1 thread) |" in ours[0]  # 240 s summed over the resumed segments
     assert text.count("MACE (published)") == 1
     # the recipe differs between rows: each states its loss, energy : force weights and learning rate
