@@ -182,6 +182,16 @@ def markdown(summary: Dict[str, Any]) -> str:
                 df = st.format_ci(v["force_mae_meV_per_A"], 1) if "force_mae_meV_per_A" in v else "(reference)"
                 de = st.format_ci(v["energy_mae_meV_per_atom"], 2) if "energy_mae_meV_per_atom" in v else "(reference)"
                 lines.append(f"| {n} | {strat} | {df} | {de} | {ep} |")
+        vd = [(n, summary["results"][str(n)]["mask"]["vs_denoise"]) for n in summary["labels"]
+              if "vs_denoise" in summary["results"].get(str(n), {}).get("mask", {})]
+        if vd:
+            lines += ["", "Mask against denoise, paired by seed (negative = masking better):", "",
+                      "| N labels | Δ test F MAE (meV/Å) | relative | Δ test E MAE (meV/atom) | seeds masking better |",
+                      "|---:|---:|---:|---:|---:|"]
+            for n, v in vd:
+                f = v["force_mae_meV_per_A"]
+                lines.append(f"| {n} | {st.format_ci(f, 1)} | {100 * f['relative_mean']:+.1f} % | "
+                             f"{st.format_ci(v['energy_mae_meV_per_atom'], 2)} | {f['n_lower']}/{f['n']} |")
     pre = summary.get("pretraining", {})
     if pre:
         lines.append("")

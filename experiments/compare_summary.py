@@ -272,3 +272,10 @@ def _add_vs_scratch(args: argparse.Namespace, runs: Sequence[Run], results: Dict
                     {s: _per_atom(results[rs[s].name], key) for s in rs},
                     {s: _per_atom(results[ft[("scratch", s)].name], key) for s in rs})
         by_n[strat]["vs_scratch"] = entry
+    # masking against denoising, the other structure-only pretext (issue 12's "below denoising")
+    pairs = {s: (ft[("mask", s)], ft[("denoise", s)]) for s in seeds if ("mask", s) in ft and ("denoise", s) in ft}
+    if "mask" in by_n and pairs:
+        by_n["mask"]["vs_denoise"] = {
+            key: st.paired_differences({s: results[m.name][key] for s, (m, _) in pairs.items()},
+                                       {s: results[d.name][key] for s, (_, d) in pairs.items()})
+            for key in ("force_mae_meV_per_A", "energy_mae_meV_per_atom")}

@@ -66,6 +66,11 @@ def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
         v = summary["results"]["8"][strat]["vs_scratch"]
         assert v["force_mae_meV_per_A"]["n"] == 1 and v["force_mae_meV_per_A"]["seeds"] == [0]
         assert len(v["epochs_to_scratch_final_val_force_per_seed"]) == 1
+    # masking against denoising, paired by seed: the difference of their own test errors
+    vd = summary["results"]["8"]["mask"]["vs_denoise"]["force_mae_meV_per_A"]
+    want = summary["results"]["8"]["mask"]["force_mae_meV_per_A"]["mean"] - summary["results"]["8"]["denoise"]["force_mae_meV_per_A"]["mean"]
+    assert vd["seeds"] == [0] and vd["diff_per_seed"][0] == pytest.approx(want)
+    assert "vs_denoise" not in summary["results"]["8"]["denoise"]
     # the geometry-only score of each pretext task, next to the learned one
     assert 0.0 < summary["pretraining"]["mask"]["geometry_baseline"][0]["mean_cosine"] <= 1.0
     assert summary["pretraining"]["denoise"]["geometry_baseline"][0]["vector_rmse"] > 0
@@ -77,6 +82,7 @@ def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
     assert "rmd17:ethanol" in text and "| 8 | mask |" in text and "python experiments/compare_pretraining.py" in text
     assert "Against scratch, paired by seed" in text and "geometry-only rule 0." in text and "| 8 | scratch | (reference) | (reference) |" in text
     assert "fine-tuning 2 epochs, batch 4" in text
+    assert "Mask against denoise, paired by seed" in text and text.count("| 8 | ") >= 7
     # one marked block per experiment: regenerating it (--summary-only) replaces it, never appends a copy
     cmp_ = _load_script()
     assert cmp_.main([*argv, "--summary-only"]) == 0
