@@ -121,6 +121,17 @@ def block_markers(summary: Dict[str, Any], key: Optional[str] = None) -> Tuple[s
             f"<!-- compare_pretraining {key} end -->")
 
 
+def wall_time_text(summary: Dict[str, Any]) -> str:
+    """Wall time of the grid: the sum over its runs (a resumed grid's invocation covers only what was
+    left), plus the last invocation's own time when it differs."""
+    runs = [float(w) for w in (summary.get("run_wall_s") or {}).values() if w]
+    total = sum(runs) / 60
+    last = float(summary["wall_s"]) / 60
+    if not runs or abs(total - last) < 0.05 * max(total, last, 1e-9):
+        return f"Wall time {max(total, last):.1f} min"
+    return f"Wall time of the runs {total:.1f} min in all (last invocation {last:.1f} min)"
+
+
 def markdown(summary: Dict[str, Any]) -> str:
     m, b, z = summary["model"], summary["budgets"], summary["sizes"]
     E = b["finetune_epochs"]
@@ -138,8 +149,8 @@ def markdown(summary: Dict[str, Any]) -> str:
         f"Command: `{summary['command']}`",
         "",
         f"Sizes: {pretrain_pool_text(summary)} ({b['pretrain_epochs']} epochs, batch "
-        f"{b['pretrain_batch_size']}, lr {b['pretrain_lr']:g}); {ft_text}. Wall time {summary['wall_s'] / 60:.1f} min "
-        f"({b['threads'] or 'default'} thread(s)). Mean ± sample std over {len(summary['seeds'])} seeds."
+        f"{b['pretrain_batch_size']}, lr {b['pretrain_lr']:g}); {ft_text}. {wall_time_text(summary)} "
+        f"({b['threads'] or 'default'} thread(s) per run). Mean ± sample std over {len(summary['seeds'])} seeds."
         + (" " + extra_arms_text(summary) if extra_arms_text(summary) else ""),
     ]
     rows = [(n, strat) for n in summary["labels"] for strat in summary["strategies"]
