@@ -96,3 +96,34 @@ def test_molecule_pool_leaves_out_every_molecules_validation_frames(tmp_path: Pa
         mod.check_pool_splits(run, 60, sizes, seed=3)
     assert np.array_equal(load_or_create_splits(tmp_path / "ethanol_splits.npz", 60, sizes, seed=3)["val"],
                           load_or_create_splits(tmp_path / "again.npz", 60, sizes, seed=3)["val"])
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("task", ["denoise", "mask"])
+def test_full_pretrain_runs_the_chosen_task_on_the_pool(tmp_path: Path, task: str) -> None:
+    """--full --pretrain --pretrain-task T: one shared pretraining ``T_all_molecules`` with T's
+    config on the pool (masking's local variant only for masking), then fine-tuning from its best.pt."""
+    data = tmp_path / "rmd17"
+    data.mkdir()
+    _fake_rmd17(data / "rmd17_ethanol_train_01.npz", 1100, [6, 8, 1], seed=0)
+    (data / "rmd17_ethanol_test_01.npz").write_bytes(b"never read")
+    mod = _run_module()
+    calls = []
+
+    def fake_train(name, config, out, overrides, init=None):
+        calls.append((name, config, list(overrides), init))
+        if name == "accurate":
+            raise _Stop
+        return out / "train" / name
+
+    mod.train = fake_train
+    with pytest.raises(_Stop):
+        mod.main(["--full", "--pretrain", "--pretrain-task", task, "--data", str(data), "--out", str(tmp_path / "o")])
+    (pre_name, pre_cfg, pre_over, _), (_, ft_cfg, _, init) = calls
+    assert pre_name == f"{task}_all_molecules" and pre_cfg == f"rmd17_pretrain_{task}.yaml"
+    assert any(o.startswith("data.path=") and o.endswith("pretrain_pool.npz") for o in pre_over)
+    assert ("objective.mask_variant=local" in pre_over) == (task == "mask")
+    assert ft_cfg == "rmd17_accurate.yaml" and init == tmp_path / "o" / "train" / pre_name / "best.pt"
