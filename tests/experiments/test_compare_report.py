@@ -1,0 +1,37 @@
+"""experiments/compare_report.py: the wall time a table states is the work of every run, not only
+of the last (resumed) invocation of the driver."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("maskpot_experiments_compare_report",
+                                                  REPO / "experiments" / "compare_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_wall_time_sums_the_runs_of_a_resumed_grid(report) -> None:
+    # a grid resumed once: the last invocation ran only the final 6 min of 3 runs worth 90 min
+    summary = {"wall_s": 360.0, "run_wall_s": {"pretrain_mask_s0": 1800.0, "ft_scratch_n50_s0": 1800.0,
+                                                "ft_mask_n50_s0": 1800.0}}
+    assert report.wall_time_text(summary) == "Wall time of the runs 90.0 min in all (last invocation 6.0 min)"
+
+
+def test_wall_time_of_one_uninterrupted_invocation(report) -> None:
+    # runs sum to about the invocation's time (driver overhead < 5 %): one number
+    assert report.wall_time_text({"wall_s": 610.0, "run_wall_s": {"a": 300.0, "b": 300.0}}) == "Wall time 10.2 min"
+    # summaries written before run_wall_s existed
+    assert report.wall_time_text({"wall_s": 120.0}) == "Wall time 2.0 min"
+    assert report.wall_time_text({"wall_s": 120.0, "run_wall_s": {}}) == "Wall time 2.0 min"
