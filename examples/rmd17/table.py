@@ -5,10 +5,12 @@
 
 Reads ``OUT/<molecule>/train/accurate/{test_metrics.json,run.json,best.pt}`` and
 ``OUT/<molecule>/{md,nve}/result.json`` of every ``--out`` folder (several: one row per folder
-and molecule, e.g. two models); writes ``accuracy.md`` in the first folder and, with
-``--update-readme``, the block between ``<!-- accuracy-table -->`` markers of
-``examples/rmd17/README.md``. Published numbers are quoted from the papers cited in the README;
-ours are measured by this code.
+and molecule, e.g. two models) and writes their table to ``accuracy.md`` in the first folder.
+``--update-readme`` also merges those rows into the committed record ``examples/rmd17/results.json``
+(``--record``; a row per run folder and molecule, a rerun of a folder replaces its rows) and
+rewrites the block between ``<!-- accuracy-table -->`` markers of ``examples/rmd17/README.md``
+from the whole record: run folders are not kept between machines, the rows measured on them are.
+Published numbers are quoted from the papers cited in the README; ours are measured by this code.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -88,6 +91,7 @@ def collect(out: Path) -> List[Dict[str, Any]]:
             f = mol_dir / k / "result.json"
             md[k] = json.loads(f.read_text()) if f.exists() else {}
         rows.append({
+            "source": str(out.resolve()), "recorded": time.strftime("%Y-%m-%d"),
             "molecule": mol_dir.name, "energy_mae": tm.get("energy_mae_meV"), "force_mae": tm.get("force_mae_meV_per_A"),
             "n_test": tm.get("n_frames"), "epochs": summ.get("epochs_done"), "train_s": _train_seconds(run, summ),
             "model": f"{cfg['model']['name']} {cfg['model'].get('hidden_channels')}x{cfg['model'].get('num_layers')}, "
@@ -100,12 +104,12 @@ def collect(out: Path) -> List[Dict[str, Any]]:
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
-    """Markdown: per molecule, our rows (in the given order), then the published anchors."""
+    """Markdown: per molecule, our rows (lowest force error first), then the published anchors."""
     lines = ["| molecule | model | energy MAE (meV) | force MAE (meV/Å) | target E / F | loss E:F, lr | epochs | "
              "train wall (min) | parameters | 10 ps NVT (ASE, 300 K) |", "|---|---|---|---|---|---|---|---|---|---|"]
     molecules = sorted({r["molecule"] for r in rows})
     for mol in molecules:
-        lines += _molecule_rows([r for r in rows if r["molecule"] == mol])
+        lines += _molecule_rows(sorted((r for r in rows if r["molecule"] == mol), key=lambda r: r["force_mae"]))
     return "\n".join(lines)
 
 
@@ -113,7 +117,7 @@ def _molecule_rows(rows: List[Dict[str, Any]]) -> List[str]:
     lines = []
     for r in rows:
         md = r["md"].get("md", {})
-        status = (f"{md.get('status')}, {md.get('steps_done')} steps" if md else "not run")
+        status = f"{md.get('status')}, {md.get('steps_done')} steps" if md else "not run"
         tgt = TARGETS.get(r["molecule"])
         lines.append(f"| {r['molecule']} | **ours**: {r['model']} | **{r['energy_mae']:.1f}** | **{r['force_mae']:.1f}** | "
                      f"{'%g / %g' % tgt if tgt else '–'} | {r.get('loss', '')} | {r['epochs']} | {r['train_s'] / 60:.0f}"
@@ -124,22 +128,50 @@ def _molecule_rows(rows: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
+def merge_record(path: Path, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The rows of the record file ``path`` (``{"rows": [...]}``) with ``rows`` merged in: a row
+    replaces the recorded one of the same run folder and molecule. Writes the record atomically and
+    returns all its rows."""
+    from maskpot.utils import atomic_write_json
+
+    recorded: List[Dict[str, Any]] = []
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())["rows"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}: not a results record (expected a JSON object with a 'rows' list): {exc}")
+        need = ("source", "molecule", "energy_mae", "force_mae", "model")
+        bad = [i for i, r in enumerate(recorded) if not isinstance(r, dict) or any(k not in r for k in need)]
+        if bad:
+            raise SystemExit(f"{path}: rows {bad[:5]} lack one of the keys {need}")
+    new = {(r["source"], r["molecule"]) for r in rows}
+    merged = [r for r in recorded if (r["source"], r["molecule"]) not in new] + list(rows)
+    atomic_write_json(path, {"rows": merged})
+    return merged
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", nargs="+", default=["runs/rmd17"], help="run folders of run.py --full (one or more)")
-    ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--out", nargs="*", default=["runs/rmd17"],
+                    help="run folders of run.py --full (none: with --update-readme, only redraw the README from the record)")
+    ap.add_argument("--update-readme", action="store_true",
+                    help="merge the rows into --record and rewrite the README table from the whole record")
+    ap.add_argument("--record", type=Path, default=HERE / "results.json", help="committed record of measured rows")
+    ap.add_argument("--readme", type=Path, default=HERE / "README.md", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     rows = [row for out in args.out for row in collect(Path(out))]
-    if not rows:
-        print(f"no finished --full runs under {' '.join(args.out)}", file=sys.stderr)
+    if rows:
+        text = table(rows)
+        (Path(args.out[0]) / "accuracy.md").write_text(text + "\n")
+        print(text)
+    elif args.out or not args.update_readme:
+        print(f"no finished --full runs under {' '.join(args.out) or '(no --out)'}", file=sys.stderr)
         return 1
-    text = table(rows)
-    (Path(args.out[0]) / "accuracy.md").write_text(text + "\n")
-    print(text)
     if args.update_readme:
         from maskpot.utils import replace_marked_block
 
-        replace_marked_block(HERE / "README.md", MARK_BEGIN, MARK_END, text)
+        if not replace_marked_block(args.readme, MARK_BEGIN, MARK_END, table(merge_record(args.record, rows))):
+            raise SystemExit(f"{args.readme}: no {MARK_BEGIN} ... {MARK_END} block to replace")
     return 0
 
 

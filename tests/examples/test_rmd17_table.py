@@ -51,3 +51,35 @@ def test_two_folders_side_by_side(tmp_path: Path) -> None:
     assert "| MSE 1:100, lr 0.003 |" in ours[0] and "| MSE 1:10, lr 0.001 |" in ours[1]
     header = text.splitlines()[0]
     assert all(line.count("|") == header.count("|") for line in text.splitlines() if line.startswith("| "))
+
+
+def test_readme_table_is_drawn_from_the_committed_record(tmp_path: Path) -> None:
+    """--update-readme merges a folder's rows into the record (a rerun replaces them, other folders'
+    rows stay though their folders are gone) and draws the README block from the whole record."""
+    table = _table_module()
+    readme, record = tmp_path / "README.md", tmp_path / "results.json"
+    readme.write_text(f"intro\n{table.MARK_BEGIN}\nold\n{table.MARK_END}\noutro\n")
+    common = ["--update-readme", "--record", str(record), "--readme", str(readme)]
+    _fake_run(tmp_path / "a", "ethanol", "tensornet", 11.0, [60.0])
+    _fake_run(tmp_path / "b", "ethanol", "painn", 16.8, [60.0])
+    assert table.main(["--out", str(tmp_path / "a")] + common) == 0
+    assert table.main(["--out", str(tmp_path / "b")] + common) == 0
+    (tmp_path / "a" / "ethanol" / "train" / "accurate" / "test_metrics.json").write_text(
+        json.dumps({"energy_mae_meV": 2.0, "force_mae_meV_per_A": 20.0, "n_frames": 1000}))
+    assert table.main(["--out", str(tmp_path / "a")] + common) == 0  # rerun of folder a: its row replaced
+    text = readme.read_text()
+    ours = [line for line in text.splitlines() if "**ours**" in line]
+    assert len(ours) == 2 and "**16.8**" in ours[0] and "**20.0**" in ours[1]  # lowest force error first
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    rows = json.loads(record.read_text())["rows"]
+    assert sorted(r["force_mae"] for r in rows) == [16.8, 20.0]
+    # no --out: the README is redrawn from the record alone; a broken record is named
+    readme.write_text(f"{table.MARK_BEGIN}\n{table.MARK_END}\n")
+    assert table.main(["--out"] + common) == 0 and readme.read_text().count("**ours**") == 2
+    record.write_text('{"rows": [{"molecule": "ethanol"}]}')
+    try:
+        table.main(["--out"] + common)
+    except SystemExit as exc:
+        assert str(record) in str(exc) and "source" in str(exc)
+    else:
+        raise AssertionError("a record row without its keys must be refused")
