@@ -162,7 +162,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="--full --pretrain: pretrain on the unlabelled train_01 frames of every rMD17 molecule in "
                     "--data (all, default; the setting where masking helped, experiments/RESULTS.md) or of the "
                     "target molecule only (own)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="fine-tuning seed (new layers' initial weights, batch order); the splits and the shared "
+                    "pretraining stay. Seed N > 0 writes <out>/<molecule>_seed<N> (one folder per seed, for the "
+                    "spread over seeds)")
     args = ap.parse_args(argv)
+    if args.seed < 0:
+        ap.error(f"--seed {args.seed}: expected a seed >= 0")
     p = dict(FULL if args.full else SMALL)
     import torch
 
@@ -173,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for f in (train_file, test_file):
         if not f.exists():
             raise SystemExit(f"rMD17 file not found: {f} (use --data / --molecule)")
-    out = Path(args.out) / args.molecule
+    out = Path(args.out) / (args.molecule if args.seed == 0 else f"{args.molecule}_seed{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
@@ -184,6 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ft = [f"train.epochs={p['finetune_epochs']}", "train.early_stopping_patience=0"] if p["finetune_epochs"] else []
     if args.epochs:
         ft = [f"train.epochs={args.epochs}"]
+    ft.append(f"train.seed={args.seed}")
     dat = [f"data.path={train_file}", f"data.test_path={test_file}", f"data.splits={p['splits']}"]
     runs: Dict[str, Path] = {}
     if args.full:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,8 +77,15 @@ def _init_text(info: Dict[str, Any]) -> str:
     return ", masked-pretrained" if task == "mask" else f", {task}-pretrained"
 
 
+def _seed_text(cfg: Dict[str, Any]) -> str:
+    """", seed N" for a fine-tuning seed other than the default 0 (rows of one recipe, several seeds)."""
+    seed = cfg.get("train", {}).get("seed") or 0
+    return f", seed {seed}" if seed else ""
+
+
 def collect(out: Path) -> List[Dict[str, Any]]:
     rows = []
+    # a molecule's folder: <molecule>, or <molecule>_seed<N> for run.py --seed N
     for mol_dir in sorted(p for p in out.iterdir() if p.is_dir()):
         run = mol_dir / "train" / "accurate"
         if not (run / "test_metrics.json").exists():
@@ -91,11 +99,11 @@ def collect(out: Path) -> List[Dict[str, Any]]:
             f = mol_dir / k / "result.json"
             md[k] = json.loads(f.read_text()) if f.exists() else {}
         rows.append({
-            "source": str(out.resolve()), "recorded": time.strftime("%Y-%m-%d"),
-            "molecule": mol_dir.name, "energy_mae": tm.get("energy_mae_meV"), "force_mae": tm.get("force_mae_meV_per_A"),
+            "source": str(out.resolve()), "folder": mol_dir.name, "recorded": time.strftime("%Y-%m-%d"),
+            "molecule": re.sub(r"_seed\d+$", "", mol_dir.name), "energy_mae": tm.get("energy_mae_meV"), "force_mae": tm.get("force_mae_meV_per_A"),
             "n_test": tm.get("n_frames"), "epochs": summ.get("epochs_done"), "train_s": _train_seconds(run, summ),
             "model": f"{cfg['model']['name']} {cfg['model'].get('hidden_channels')}x{cfg['model'].get('num_layers')}, "
-                     f"{cfg['model'].get('cutoff')} Å{_init_text(info)}", "params": _num_params(run / "best.pt"),
+                     f"{cfg['model'].get('cutoff')} Å{_init_text(info)}{_seed_text(cfg)}", "params": _num_params(run / "best.pt"),
             "threads": cfg["train"].get("num_threads") or info.get("torch_threads"),
             "loss": _recipe_text(cfg),
             "md": md,
@@ -130,7 +138,7 @@ def _molecule_rows(rows: List[Dict[str, Any]]) -> List[str]:
 
 def merge_record(path: Path, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The rows of the record file ``path`` (``{"rows": [...]}``) with ``rows`` merged in: a row
-    replaces the recorded one of the same run folder and molecule. Writes the record atomically and
+    replaces the recorded one of the same run folder and molecule folder (seeds apart). Writes the record atomically and
     returns all its rows."""
     from maskpot.utils import atomic_write_json
 
@@ -144,8 +152,11 @@ def merge_record(path: Path, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]
         bad = [i for i, r in enumerate(recorded) if not isinstance(r, dict) or any(k not in r for k in need)]
         if bad:
             raise SystemExit(f"{path}: rows {bad[:5]} lack one of the keys {need}")
-    new = {(r["source"], r["molecule"]) for r in rows}
-    merged = [r for r in recorded if (r["source"], r["molecule"]) not in new] + list(rows)
+    def key(r: Dict[str, Any]) -> tuple:
+        return r["source"], r.get("folder", r["molecule"])
+
+    new = {key(r) for r in rows}
+    merged = [r for r in recorded if key(r) not in new] + list(rows)
     atomic_write_json(path, {"rows": merged})
     return merged
 

@@ -127,3 +127,31 @@ def test_full_pretrain_runs_the_chosen_task_on_the_pool(tmp_path: Path, task: st
     assert any(o.startswith("data.path=") and o.endswith("pretrain_pool.npz") for o in pre_over)
     assert ("objective.mask_variant=local" in pre_over) == (task == "mask")
     assert ft_cfg == "rmd17_accurate.yaml" and init == tmp_path / "o" / "train" / pre_name / "best.pt"
+
+
+def test_seed_sets_the_fine_tuning_seed_in_its_own_folder(tmp_path: Path) -> None:
+    """--seed N: the fine-tuning run gets train.seed=N in <out>/<molecule>_seed<N>, sharing the
+    pretraining under --out (the same pretraining and splits, only the fine-tuning seed varies)."""
+    data = tmp_path / "rmd17"
+    data.mkdir()
+    _fake_rmd17(data / "rmd17_ethanol_train_01.npz", 1100, [6, 8, 1], seed=0)
+    (data / "rmd17_ethanol_test_01.npz").write_bytes(b"never read")
+    mod = _run_module()
+    calls = []
+
+    def fake_train(name, config, out, overrides, init=None):
+        calls.append((name, out, list(overrides), init))
+        if name == "accurate":
+            raise _Stop
+        return out / "train" / name
+
+    mod.train = fake_train
+    for seed in (0, 2):
+        with pytest.raises(_Stop):
+            mod.main(["--full", "--pretrain", "--seed", str(seed), "--data", str(data), "--out", str(tmp_path / "o")])
+    (_, pre0, _, _), (_, ft0, over0, init0), (_, pre2, _, _), (_, ft2, over2, init2) = calls
+    assert pre0 == pre2 == tmp_path / "o" and init0 == init2  # one shared pretraining
+    assert ft0 == tmp_path / "o" / "ethanol" and ft2 == tmp_path / "o" / "ethanol_seed2"
+    assert "train.seed=0" in over0 and "train.seed=2" in over2
+    with pytest.raises(SystemExit):
+        mod.main(["--full", "--seed", "-1", "--data", str(data), "--out", str(tmp_path / "o")])

@@ -83,3 +83,24 @@ def test_readme_table_is_drawn_from_the_committed_record(tmp_path: Path) -> None
         assert str(record) in str(exc) and "source" in str(exc)
     else:
         raise AssertionError("a record row without its keys must be refused")
+
+
+def test_seed_folders_are_rows_of_their_molecule(tmp_path: Path) -> None:
+    """run.py --seed N writes <molecule>_seed<N>: the table files it under its molecule and says the seed."""
+    table = _table_module()
+    _fake_run(tmp_path / "a", "ethanol", "tensornet", 11.0, [60.0])
+    _fake_run(tmp_path / "a", "ethanol_seed3", "tensornet", 12.0, [60.0])
+    cfg_file = tmp_path / "a" / "ethanol_seed3" / "train" / "accurate" / "run.json"
+    info = json.loads(cfg_file.read_text())
+    info["config"]["train"]["seed"] = 3
+    cfg_file.write_text(json.dumps(info))
+    rows = table.collect(tmp_path / "a")
+    assert [r["molecule"] for r in rows] == ["ethanol", "ethanol"]
+    assert "seed" not in rows[0]["model"] and rows[1]["model"].endswith(", seed 3")
+    record = tmp_path / "results.json"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{table.MARK_BEGIN}\n{table.MARK_END}\n")
+    for _ in range(2):  # the two seeds of one run folder stay two rows, a rerun adds none
+        assert table.main(["--out", str(tmp_path / "a"), "--update-readme", "--record", str(record),
+                           "--readme", str(readme)]) == 0
+    assert len(json.loads(record.read_text())["rows"]) == 2 and readme.read_text().count("**ours**") == 2
