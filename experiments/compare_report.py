@@ -121,6 +121,12 @@ def block_markers(summary: Dict[str, Any], key: Optional[str] = None) -> Tuple[s
             f"<!-- compare_pretraining {key} end -->")
 
 
+#: paired comparisons between arms (compare_summary.PAIRED_ARMS) -> (table title, who is "better")
+PAIRED_TITLES = {("mask", "denoise"): ("Mask against denoise", "masking"),
+                 ("mask_denoise", "denoise"): ("Mask then denoise against denoise alone", "mask_denoise"),
+                 ("mask_denoise", "mask"): ("Mask then denoise against mask alone", "mask_denoise")}
+
+
 def wall_time_text(summary: Dict[str, Any]) -> str:
     """Wall time of the grid: the sum over its runs (a resumed grid's invocation covers only what was
     left), plus the last invocation's own time when it differs."""
@@ -193,11 +199,14 @@ def markdown(summary: Dict[str, Any]) -> str:
                 df = st.format_ci(v["force_mae_meV_per_A"], 1) if "force_mae_meV_per_A" in v else "(reference)"
                 de = st.format_ci(v["energy_mae_meV_per_atom"], 2) if "energy_mae_meV_per_atom" in v else "(reference)"
                 lines.append(f"| {n} | {strat} | {df} | {de} | {ep} |")
-        vd = [(n, summary["results"][str(n)]["mask"]["vs_denoise"]) for n in summary["labels"]
-              if "vs_denoise" in summary["results"].get(str(n), {}).get("mask", {})]
-        if vd:
-            lines += ["", "Mask against denoise, paired by seed (negative = masking better):", "",
-                      "| N labels | Δ test F MAE (meV/Å) | relative | Δ test E MAE (meV/atom) | seeds masking better |",
+        for arm, ref in PAIRED_TITLES:
+            vd = [(n, summary["results"][str(n)][arm][f"vs_{ref}"]) for n in summary["labels"]
+                  if f"vs_{ref}" in summary["results"].get(str(n), {}).get(arm, {})]
+            if not vd:
+                continue
+            title, better = PAIRED_TITLES[(arm, ref)]
+            lines += ["", f"{title}, paired by seed (negative = {better} better):", "",
+                      f"| N labels | Δ test F MAE (meV/Å) | relative | Δ test E MAE (meV/atom) | seeds {better} better |",
                       "|---:|---:|---:|---:|---:|"]
             for n, v in vd:
                 f = v["force_mae_meV_per_A"]

@@ -19,6 +19,8 @@ import numpy as np
 FORCE_COL = "val_force_mae_meV_per_A"
 #: Pretraining arms on the unlabelled pool whose pretext score is shown next to the geometry-only rule.
 GEOMETRY_BASELINE_ARMS = ("mask", "denoise", "denoise_1A", "mask_denoise")
+#: (arm, reference) pairs compared by seed besides every arm against scratch (``vs_<reference>``)
+PAIRED_ARMS = (("mask", "denoise"), ("mask_denoise", "denoise"), ("mask_denoise", "mask"))
 
 log = logging.getLogger("compare_pretraining")
 
@@ -272,10 +274,12 @@ def _add_vs_scratch(args: argparse.Namespace, runs: Sequence[Run], results: Dict
                     {s: _per_atom(results[rs[s].name], key) for s in rs},
                     {s: _per_atom(results[ft[("scratch", s)].name], key) for s in rs})
         by_n[strat]["vs_scratch"] = entry
-    # masking against denoising, the other structure-only pretext (issue 12's "below denoising")
-    pairs = {s: (ft[("mask", s)], ft[("denoise", s)]) for s in seeds if ("mask", s) in ft and ("denoise", s) in ft}
-    if "mask" in by_n and pairs:
-        by_n["mask"]["vs_denoise"] = {
-            key: st.paired_differences({s: results[m.name][key] for s, (m, _) in pairs.items()},
-                                       {s: results[d.name][key] for s, (_, d) in pairs.items()})
-            for key in ("force_mae_meV_per_A", "energy_mae_meV_per_atom")}
+    # structure-only pretexts against each other: masking against denoising (issue 12's "below
+    # denoising"), and mask_denoise against each of the two stages it chains (does the other add?)
+    for arm, ref in PAIRED_ARMS:
+        pairs = {s: (ft[(arm, s)], ft[(ref, s)]) for s in seeds if (arm, s) in ft and (ref, s) in ft}
+        if arm in by_n and pairs:
+            by_n[arm][f"vs_{ref}"] = {
+                key: st.paired_differences({s: results[a.name][key] for s, (a, _) in pairs.items()},
+                                           {s: results[r.name][key] for s, (_, r) in pairs.items()})
+                for key in ("force_mae_meV_per_A", "energy_mae_meV_per_atom")}

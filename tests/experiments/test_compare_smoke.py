@@ -42,7 +42,7 @@ def smoke(tmp_path_factory, shared_data, cmp):
         "--pool", "16", "--val", "4", "--test-frames", "8", "--hidden", "8", "--layers", "1",
         "--pretrain-epochs", "1", "--finetune-epochs", "2", "--batch-size", "4", "--pretrain-batch-size", "8",
         "--out", str(out / "run"), "--data-root", str(shared_data), "--results-md", str(out / "RESULTS.md"),
-        "--no-progress",
+        "--no-progress", "--strategies", *STRATEGIES, "mask_denoise",
     ]
     assert cmp.main(argv) == 0
     return out / "run", out / "RESULTS.md", argv
@@ -71,6 +71,12 @@ def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
     want = summary["results"]["8"]["mask"]["force_mae_meV_per_A"]["mean"] - summary["results"]["8"]["denoise"]["force_mae_meV_per_A"]["mean"]
     assert vd["seeds"] == [0] and vd["diff_per_seed"][0] == pytest.approx(want)
     assert "vs_denoise" not in summary["results"]["8"]["denoise"]
+    # mask_denoise against each stage it chains: does the other stage add anything?
+    r8 = summary["results"]["8"]
+    for ref in ("denoise", "mask"):
+        d = r8["mask_denoise"][f"vs_{ref}"]["force_mae_meV_per_A"]
+        assert d["diff_per_seed"][0] == pytest.approx(r8["mask_denoise"]["force_mae_meV_per_A"]["mean"]
+                                                       - r8[ref]["force_mae_meV_per_A"]["mean"])
     # the geometry-only score of each pretext task, next to the learned one
     assert 0.0 < summary["pretraining"]["mask"]["geometry_baseline"][0]["mean_cosine"] <= 1.0
     assert summary["pretraining"]["denoise"]["geometry_baseline"][0]["vector_rmse"] > 0
@@ -83,6 +89,7 @@ def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
     assert "Against scratch, paired by seed" in text and "geometry-only rule 0." in text and "| 8 | scratch | (reference) | (reference) |" in text
     assert "fine-tuning 2 epochs, batch 4" in text
     assert "Mask against denoise, paired by seed" in text and text.count("| 8 | ") >= 7
+    assert "Mask then denoise against denoise alone, paired by seed (negative = mask_denoise better)" in text
     # one marked block per experiment: regenerating it (--summary-only) replaces it, never appends a copy
     cmp_ = _load_script()
     assert cmp_.main([*argv, "--summary-only"]) == 0
@@ -90,7 +97,7 @@ def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
     assert "--summary-only" not in again  # the command (and wall time) of the run that trained
     assert again.count("Against scratch, paired by seed") == 1 and again.count("compare_pretraining rmd17:ethanol run:lr0.001 begin") == 1
     lines = (out / "commands.sh").read_text().splitlines()
-    assert sum(line.startswith("maskpot-train configs/") for line in lines) == 5
+    assert sum(line.startswith("maskpot-train configs/") for line in lines) == 7  # 3 pretrainings, 4 fine-tunings
     for name in ("pretrain_mask_s0", "pretrain_denoise_s0", "ft_scratch_n8_s0"):
         assert (out / "configs" / f"{name}.yaml").is_file()
 
