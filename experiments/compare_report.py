@@ -121,7 +121,7 @@ def block_markers(summary: Dict[str, Any], key: Optional[str] = None) -> Tuple[s
             f"<!-- compare_pretraining {key} end -->")
 
 
-#: paired comparisons between arms (compare_summary.PAIRED_ARMS) -> (table title, who is "better")
+#: wording of the paired comparisons between arms (compare_summary.PAIRED_ARMS): (table title, who is "better")
 PAIRED_TITLES = {("mask", "denoise"): ("Mask against denoise", "masking"),
                  ("mask_denoise", "denoise"): ("Mask then denoise against denoise alone", "mask_denoise"),
                  ("mask_denoise", "mask"): ("Mask then denoise against mask alone", "mask_denoise")}
@@ -199,7 +199,7 @@ def markdown(summary: Dict[str, Any]) -> str:
                 df = st.format_ci(v["force_mae_meV_per_A"], 1) if "force_mae_meV_per_A" in v else "(reference)"
                 de = st.format_ci(v["energy_mae_meV_per_atom"], 2) if "energy_mae_meV_per_atom" in v else "(reference)"
                 lines.append(f"| {n} | {strat} | {df} | {de} | {ep} |")
-        for arm, ref in PAIRED_TITLES:
+        for arm, ref in _load_sibling("compare_summary").PAIRED_ARMS:
             vd = [(n, summary["results"][str(n)][arm][f"vs_{ref}"]) for n in summary["labels"]
                   if f"vs_{ref}" in summary["results"].get(str(n), {}).get(arm, {})]
             if not vd:

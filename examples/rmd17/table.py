@@ -136,6 +136,11 @@ def _molecule_rows(rows: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
+def _record_key(row: Dict[str, Any]) -> tuple:
+    """A recorded row's identity: its run folder and molecule folder (``<molecule>_seed<N>`` apart)."""
+    return row["source"], row.get("folder", row["molecule"])
+
+
 def merge_record(path: Path, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The rows of the record file ``path`` (``{"rows": [...]}``) with ``rows`` merged in: a row
     replaces the recorded one of the same run folder and molecule folder (seeds apart). Writes the record atomically and
@@ -152,11 +157,8 @@ def merge_record(path: Path, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]
         bad = [i for i, r in enumerate(recorded) if not isinstance(r, dict) or any(k not in r for k in need)]
         if bad:
             raise SystemExit(f"{path}: rows {bad[:5]} lack one of the keys {need}")
-    def key(r: Dict[str, Any]) -> tuple:
-        return r["source"], r.get("folder", r["molecule"])
-
-    new = {key(r) for r in rows}
-    merged = [r for r in recorded if key(r) not in new] + list(rows)
+    new = {_record_key(r) for r in rows}
+    merged = [r for r in recorded if _record_key(r) not in new] + list(rows)
     atomic_write_json(path, {"rows": merged})
     return merged
 

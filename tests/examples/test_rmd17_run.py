@@ -102,27 +102,40 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("task", ["denoise", "mask"])
-def test_full_pretrain_runs_the_chosen_task_on_the_pool(tmp_path: Path, task: str) -> None:
-    """--full --pretrain --pretrain-task T: one shared pretraining ``T_all_molecules`` with T's
-    config on the pool (masking's local variant only for masking), then fine-tuning from its best.pt."""
+def _ethanol_data(tmp_path: Path) -> Path:
+    """An rMD17 folder with a fake ethanol train_01 (1100 frames) and a test_01 that must not be read."""
     data = tmp_path / "rmd17"
     data.mkdir()
     _fake_rmd17(data / "rmd17_ethanol_train_01.npz", 1100, [6, 8, 1], seed=0)
     (data / "rmd17_ethanol_test_01.npz").write_bytes(b"never read")
+    return data
+
+
+def _run_module_recording_training():
+    """run.py with ``train`` replaced: each call recorded as (name, config, out, overrides, init);
+    the fine-tuning call ("accurate") stops the run with _Stop."""
     mod = _run_module()
     calls = []
 
     def fake_train(name, config, out, overrides, init=None):
-        calls.append((name, config, list(overrides), init))
+        calls.append((name, config, out, list(overrides), init))
         if name == "accurate":
             raise _Stop
         return out / "train" / name
 
     mod.train = fake_train
+    return mod, calls
+
+
+@pytest.mark.parametrize("task", ["denoise", "mask"])
+def test_full_pretrain_runs_the_chosen_task_on_the_pool(tmp_path: Path, task: str) -> None:
+    """--full --pretrain --pretrain-task T: one shared pretraining ``T_all_molecules`` with T's
+    config on the pool (masking's local variant only for masking), then fine-tuning from its best.pt."""
+    data = _ethanol_data(tmp_path)
+    mod, calls = _run_module_recording_training()
     with pytest.raises(_Stop):
         mod.main(["--full", "--pretrain", "--pretrain-task", task, "--data", str(data), "--out", str(tmp_path / "o")])
-    (pre_name, pre_cfg, pre_over, _), (_, ft_cfg, _, init) = calls
+    (pre_name, pre_cfg, _, pre_over, _), (_, ft_cfg, _, _, init) = calls
     assert pre_name == f"{task}_all_molecules" and pre_cfg == f"rmd17_pretrain_{task}.yaml"
     assert any(o.startswith("data.path=") and o.endswith("pretrain_pool.npz") for o in pre_over)
     assert ("objective.mask_variant=local" in pre_over) == (task == "mask")
@@ -132,24 +145,12 @@ def test_full_pretrain_runs_the_chosen_task_on_the_pool(tmp_path: Path, task: st
 def test_seed_sets_the_fine_tuning_seed_in_its_own_folder(tmp_path: Path) -> None:
     """--seed N: the fine-tuning run gets train.seed=N in <out>/<molecule>_seed<N>, sharing the
     pretraining under --out (the same pretraining and splits, only the fine-tuning seed varies)."""
-    data = tmp_path / "rmd17"
-    data.mkdir()
-    _fake_rmd17(data / "rmd17_ethanol_train_01.npz", 1100, [6, 8, 1], seed=0)
-    (data / "rmd17_ethanol_test_01.npz").write_bytes(b"never read")
-    mod = _run_module()
-    calls = []
-
-    def fake_train(name, config, out, overrides, init=None):
-        calls.append((name, out, list(overrides), init))
-        if name == "accurate":
-            raise _Stop
-        return out / "train" / name
-
-    mod.train = fake_train
+    data = _ethanol_data(tmp_path)
+    mod, calls = _run_module_recording_training()
     for seed in (0, 2):
         with pytest.raises(_Stop):
             mod.main(["--full", "--pretrain", "--seed", str(seed), "--data", str(data), "--out", str(tmp_path / "o")])
-    (_, pre0, _, _), (_, ft0, over0, init0), (_, pre2, _, _), (_, ft2, over2, init2) = calls
+    (_, _, pre0, _, _), (_, _, ft0, over0, init0), (_, _, pre2, _, _), (_, _, ft2, over2, init2) = calls
     assert pre0 == pre2 == tmp_path / "o" and init0 == init2  # one shared pretraining
     assert ft0 == tmp_path / "o" / "ethanol" and ft2 == tmp_path / "o" / "ethanol_seed2"
     assert "train.seed=0" in over0 and "train.seed=2" in over2
