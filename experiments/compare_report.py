@@ -123,6 +123,8 @@ def block_markers(summary: Dict[str, Any], key: Optional[str] = None) -> Tuple[s
 
 #: wording of the paired comparisons between arms (compare_summary.PAIRED_ARMS): (table title, who is "better")
 PAIRED_TITLES = {("mask", "denoise"): ("Mask against denoise", "masking"),
+                 ("mask", "denoise_1A"): ("Mask against denoise σ 1 Å", "masking"),
+                 ("denoise_1A", "denoise"): ("Denoise σ 1 Å against σ 0.2 Å", "σ 1 Å"),
                  ("mask_denoise", "denoise"): ("Mask then denoise against denoise alone", "mask_denoise"),
                  ("mask_denoise", "mask"): ("Mask then denoise against mask alone", "mask_denoise")}
 

@@ -20,7 +20,8 @@ FORCE_COL = "val_force_mae_meV_per_A"
 #: Pretraining arms on the unlabelled pool whose pretext score is shown next to the geometry-only rule.
 GEOMETRY_BASELINE_ARMS = ("mask", "denoise", "denoise_1A", "mask_denoise")
 #: (arm, reference) pairs compared by seed besides every arm against scratch (``vs_<reference>``)
-PAIRED_ARMS = (("mask", "denoise"), ("mask_denoise", "denoise"), ("mask_denoise", "mask"))
+PAIRED_ARMS = (("mask", "denoise"), ("mask", "denoise_1A"), ("denoise_1A", "denoise"),
+               ("mask_denoise", "denoise"), ("mask_denoise", "mask"))
 
 log = logging.getLogger("compare_pretraining")
 

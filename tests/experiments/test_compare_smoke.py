@@ -42,7 +42,7 @@ def smoke(tmp_path_factory, shared_data, cmp):
         "--pool", "16", "--val", "4", "--test-frames", "8", "--hidden", "8", "--layers", "1",
         "--pretrain-epochs", "1", "--finetune-epochs", "2", "--batch-size", "4", "--pretrain-batch-size", "8",
         "--out", str(out / "run"), "--data-root", str(shared_data), "--results-md", str(out / "RESULTS.md"),
-        "--no-progress", "--strategies", *STRATEGIES, "mask_denoise",
+        "--no-progress", "--strategies", *STRATEGIES, "mask_denoise", "denoise_1A",
     ]
     assert cmp.main(argv) == 0
     return out / "run", out / "RESULTS.md", argv
@@ -77,6 +77,12 @@ def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
         d = r8["mask_denoise"][f"vs_{ref}"]["force_mae_meV_per_A"]
         assert d["diff_per_seed"][0] == pytest.approx(r8["mask_denoise"]["force_mae_meV_per_A"]["mean"]
                                                        - r8[ref]["force_mae_meV_per_A"]["mean"])
+    # masking against denoising at the reference's sigma (1 A), and the two sigmas against each other
+    for arm, ref in (("mask", "denoise_1A"), ("denoise_1A", "denoise")):
+        d = r8[arm][f"vs_{ref}"]["force_mae_meV_per_A"]
+        assert d["diff_per_seed"][0] == pytest.approx(r8[arm]["force_mae_meV_per_A"]["mean"]
+                                                       - r8[ref]["force_mae_meV_per_A"]["mean"])
+    assert "Mask against denoise σ 1 Å, paired by seed" in md.read_text()
     # the geometry-only score of each pretext task, next to the learned one
     assert 0.0 < summary["pretraining"]["mask"]["geometry_baseline"][0]["mean_cosine"] <= 1.0
     assert summary["pretraining"]["denoise"]["geometry_baseline"][0]["vector_rmse"] > 0
@@ -97,7 +103,7 @@ def test_all_strategies_produce_metrics_summary_and_plots(smoke) -> None:
     assert "--summary-only" not in again  # the command (and wall time) of the run that trained
     assert again.count("Against scratch, paired by seed") == 1 and again.count("compare_pretraining rmd17:ethanol run:lr0.001 begin") == 1
     lines = (out / "commands.sh").read_text().splitlines()
-    assert sum(line.startswith("maskpot-train configs/") for line in lines) == 7  # 3 pretrainings, 4 fine-tunings
+    assert sum(line.startswith("maskpot-train configs/") for line in lines) == 9  # 4 pretrainings (denoise, mask, mask_denoise, denoise_1A), 5 fine-tunings
     for name in ("pretrain_mask_s0", "pretrain_denoise_s0", "ft_scratch_n8_s0"):
         assert (out / "configs" / f"{name}.yaml").is_file()
 
