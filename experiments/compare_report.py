@@ -5,7 +5,7 @@ tip3p-traj and water-dft-transfer tables are in ``water_sources.py`` / ``water_t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -129,6 +129,26 @@ PAIRED_TITLES = {("mask", "denoise"): ("Mask against denoise", "masking"),
                  ("mask_denoise", "mask"): ("Mask then denoise against mask alone", "mask_denoise")}
 
 
+def paired_arms_lines(summary: Dict[str, Any], st: Any) -> List[str]:
+    """One markdown table per pair of compare_summary.PAIRED_ARMS present in ``summary`` (its
+    ``vs_<reference>`` entries): paired test-error differences by seed, for every report."""
+    lines: List[str] = []
+    for arm, ref in _load_sibling("compare_summary").PAIRED_ARMS:
+        vd = [(n, summary["results"][str(n)][arm][f"vs_{ref}"]) for n in summary["labels"]
+              if f"vs_{ref}" in summary["results"].get(str(n), {}).get(arm, {})]
+        if not vd:
+            continue
+        title, better = PAIRED_TITLES[(arm, ref)]
+        lines += ["", f"{title}, paired by seed (negative = {better} better):", "",
+                  f"| N labels | Δ test F MAE (meV/Å) | relative | Δ test E MAE (meV/atom) | seeds {better} better |",
+                  "|---:|---:|---:|---:|---:|"]
+        for n, v in vd:
+            f = v["force_mae_meV_per_A"]
+            lines.append(f"| {n} | {st.format_ci(f, 1)} | {100 * f['relative_mean']:+.1f} % | "
+                         f"{st.format_ci(v['energy_mae_meV_per_atom'], 2)} | {f['n_lower']}/{f['n']} |")
+    return lines
+
+
 def wall_time_text(summary: Dict[str, Any]) -> str:
     """Wall time of the grid: the sum over its runs (a resumed grid's invocation covers only what was
     left), plus the last invocation's own time when it differs."""
@@ -201,19 +221,7 @@ def markdown(summary: Dict[str, Any]) -> str:
                 df = st.format_ci(v["force_mae_meV_per_A"], 1) if "force_mae_meV_per_A" in v else "(reference)"
                 de = st.format_ci(v["energy_mae_meV_per_atom"], 2) if "energy_mae_meV_per_atom" in v else "(reference)"
                 lines.append(f"| {n} | {strat} | {df} | {de} | {ep} |")
-        for arm, ref in _load_sibling("compare_summary").PAIRED_ARMS:
-            vd = [(n, summary["results"][str(n)][arm][f"vs_{ref}"]) for n in summary["labels"]
-                  if f"vs_{ref}" in summary["results"].get(str(n), {}).get(arm, {})]
-            if not vd:
-                continue
-            title, better = PAIRED_TITLES[(arm, ref)]
-            lines += ["", f"{title}, paired by seed (negative = {better} better):", "",
-                      f"| N labels | Δ test F MAE (meV/Å) | relative | Δ test E MAE (meV/atom) | seeds {better} better |",
-                      "|---:|---:|---:|---:|---:|"]
-            for n, v in vd:
-                f = v["force_mae_meV_per_A"]
-                lines.append(f"| {n} | {st.format_ci(f, 1)} | {100 * f['relative_mean']:+.1f} % | "
-                             f"{st.format_ci(v['energy_mae_meV_per_atom'], 2)} | {f['n_lower']}/{f['n']} |")
+        lines += paired_arms_lines(summary, st)
     pre = summary.get("pretraining", {})
     if pre:
         lines.append("")

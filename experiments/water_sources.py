@@ -193,18 +193,9 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
                 f"| {f['n_lower']}/{f['n']} | {st.format_ci(v['energy_mae_meV_per_atom'], 3)} "
                 f"| {st.format_ci(ec, 3) if ec else 'n/a'} | {ep} "
                 f"| {', '.join(str(x) for x in (sc or {}).get('epochs_done_per_seed', []))} |")
-    pairs = [(n, a, b) for n in summary["labels"] for a, b in (("mask", "denoise"),)
-             if a in summary["results"].get(str(n), {}) and b in summary["results"].get(str(n), {})]
-    if pairs:
-        lines += ["", "Mask against denoise, paired by seed: Δ test F MAE (meV/Å) [95 % t interval], seeds where mask "
-                  "is lower.", "", "| N labels | Δ test F MAE, mask − denoise (meV/Å) | seeds mask lower |", "|---:|---:|---:|"]
-        for n, a, b in pairs:
-            ra, rb = summary["results"][str(n)][a], summary["results"][str(n)][b]
-            va = dict(zip(ra["seeds"], ra["force_mae_meV_per_A_per_seed"]))
-            vb = dict(zip(rb["seeds"], rb["force_mae_meV_per_A_per_seed"]))
-            common = sorted(set(va) & set(vb))
-            d = st.paired_differences({k: va[k] for k in common}, {k: vb[k] for k in common})
-            lines.append(f"| {n} | {st.format_ci(d, 1)} | {d['n_lower']}/{d['n']} |")
+    from maskpot.utils import load_sibling_module
+
+    lines += load_sibling_module(__file__, "compare_report").paired_arms_lines(summary, st)
     for strat, p in pre.items():
         curves = [c for c in p.get("curve_per_seed", []) if c]
         if not curves:

@@ -115,6 +115,10 @@ def test_tables_from_summary_replace_one_block(grid, cmp) -> None:
     assert "| 4 | mask | 2 |" in text and "E RMSE, offset removed" in text and "Δ F (%)" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["results"]["4"]["mask"]["vs_scratch"]["force_mae_meV_per_A"]["n"] == 2
+    # the paired arm tables come from the summary's vs_<reference> entries (compare_summary.PAIRED_ARMS)
+    d = summary["results"]["4"]["mask"]["vs_denoise"]["force_mae_meV_per_A"]
+    assert "Mask against denoise, paired by seed (negative = masking better)" in text
+    assert f"| 4 | {d['mean']:+.1f} [" in text.split("Mask against denoise, paired by seed")[1]
     # a summary-only rerun trains nothing and rewrites the same block
     assert cmp.main([*argv, "--summary-only"]) == 0
     text2 = md.read_text()
