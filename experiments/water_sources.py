@@ -30,6 +30,8 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from maskpot.utils import load_sibling_module
+
 log = logging.getLogger("compare_pretraining")
 
 
@@ -193,8 +195,6 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
                 f"| {f['n_lower']}/{f['n']} | {st.format_ci(v['energy_mae_meV_per_atom'], 3)} "
                 f"| {st.format_ci(ec, 3) if ec else 'n/a'} | {ep} "
                 f"| {', '.join(str(x) for x in (sc or {}).get('epochs_done_per_seed', []))} |")
-    from maskpot.utils import load_sibling_module
-
     lines += load_sibling_module(__file__, "compare_report").paired_arms_lines(summary, st)
     for strat, p in pre.items():
         curves = [c for c in p.get("curve_per_seed", []) if c]
