@@ -240,8 +240,11 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
     ]
     for n in summary["labels"]:
         res = summary["results"].get(str(n), {})
-        for ref, key in (("scratch", "vs_scratch"), ("supervised", "vs_supervised"), ("mask", "vs_mask"),
-                         ("denoise", "vs_denoise"), ("supervised_2x", "vs_supervised_2x")):
+        # every reference the summary paired against (vs_<ref>), in this order, any other after them
+        paired = {k[len("vs_"):] for r in res.values() for k in r if k.startswith("vs_")}
+        order = ("scratch", "supervised", "mask", "denoise", "supervised_2x")
+        for ref in [r for r in order if r in paired] + sorted(paired - set(order)):
+            key = f"vs_{ref}"
             for arm in summary["strategies"]:
                 v = res.get(arm, {}).get(key)
                 if not v or arm in (ref, "scratch") or "force_mae_meV_per_A" not in v:
