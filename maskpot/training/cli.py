@@ -387,6 +387,9 @@ def run_training(
             prev = json.loads((out_dir / "run.json").read_text())
             run_info["started"] = prev.get("started", run_info["started"])
             run_info["resumed"] = prev.get("resumed", []) + [run_info["resumed_at"]]
+            # a resumed run loads last.pt, not the init checkpoint: keep the record of where its
+            # weights came from (pretrained or scratch), which reports and tables read
+            run_info["init"] = prev.get("init") or run_info["init"]
         if ctx.is_main:
             atomic_write_json(out_dir / "run.json", run_info)
         logger = MetricsLogger(out_dir, tensorboard=cfg["output"]["tensorboard"], resume=resume) if ctx.is_main else None

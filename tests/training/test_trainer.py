@@ -81,6 +81,21 @@ def test_resume_is_exact(water: Path, tmp_path: Path, task: str) -> None:
     assert strip(rows_a) == strip(rows_b)
 
 
+def test_resume_keeps_the_init_record(water: Path, tmp_path: Path) -> None:
+    """run.json's ``init`` (pretrained source, task) survives --resume, which loads last.pt only."""
+    import json
+
+    run_training(_cfg(water, tmp_path / "pre", "train.epochs=1", task="mask"))
+    cfg = _cfg(water, tmp_path / "ft", f"init.checkpoint={tmp_path / 'pre' / 'best.pt'}")
+    with pytest.raises(Interrupted):
+        run_training(cfg, callbacks=[_interrupt_after(1)])
+    before = json.loads((tmp_path / "ft" / "run.json").read_text())["init"]
+    assert before["source_task"] == "mask" and before["loaded"] > 0
+    assert train_main(["--resume", "--output", str(tmp_path / "ft")]) == 0
+    run = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert run["resumed"] and run["init"] == before
+
+
 def test_max_steps_stops_mid_epoch_and_resumes_exactly(water: Path, tmp_path: Path) -> None:
     run_training(_cfg(water, tmp_path / "a", "train.epochs=2"))
     summary = run_training(_cfg(water, tmp_path / "b", "train.epochs=2", "train.max_steps=4"))
