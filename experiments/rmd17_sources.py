@@ -73,7 +73,7 @@ def add_multi_molecule_pool(args: argparse.Namespace, out: Path, plan: DatasetPl
     train_01 frames (``multi_molecule_selection``). Layout: the pretraining frames of every
     molecule (in RMD17_MOLECULES order), then every molecule's pretext-validation frames; the
     pretext validation set is held out of the pool itself, never a fine-tuning validation frame."""
-    from maskpot.data.io import read_dataset, write_unlabelled_pool
+    from maskpot.data.io import read_dataset, write_npz
 
     molecules = pretrain_molecules(args)
     target = plan.name.split(":", 1)[1]
@@ -95,12 +95,15 @@ def add_multi_molecule_pool(args: argparse.Namespace, out: Path, plan: DatasetPl
     else:
         data = {m: read_dataset(p) for m, p in paths.items()}
         sel = multi_molecule_selection(args, plan, molecules, {m: len(d) for m, d in data.items()})
-        del data
+        frames = [data[m][int(i)].copy(energy=None, forces=None) for part in ("train", "val") for m in molecules
+                  for i in sel[m][part]]
+        assert all(s.energy is None and s.forces is None for s in frames)
         if target in sel:  # the target's fine-tuning validation frames never reach pretraining
             assert not set(np.concatenate([sel[target]["train"], sel[target]["val"]]).tolist()) & set(plan.val_idx.tolist())
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_unlabelled_pool(path, [(paths[m], sel[m][part]) for part in ("train", "val") for m in molecules], metadata={
-            **meta_want,
+        write_npz(path, frames, metadata={
+            **meta_want, "labels": "removed (pretraining input)",
+            "sources": {m: str(p) for m, p in paths.items()},
             "layout": "train frames of every molecule (pretrain_molecules order), then val frames likewise",
             "indices": {m: {k: v.tolist() for k, v in d.items()} for m, d in sel.items()}})
     n_tr = sum(len(sel[m]["train"]) for m in molecules)
