@@ -39,11 +39,32 @@ FULL = dict(splits="{train: 950, val: 50, test: 0}", model=[], pretrain_epochs=N
             batch_size=None, lr=[], md_steps=20000, nve_steps=4000, report_every=50)
 
 
-def _accurate_model() -> Dict[str, Any]:
-    """The model block of ``configs/rmd17_accurate.yaml`` (so pretraining builds the same network)."""
+def _accurate_model(channels: Optional[int] = None, layers: Optional[int] = None) -> Dict[str, Any]:
+    """The model block of ``configs/rmd17_accurate.yaml`` with ``--channels`` / ``--layers`` applied
+    (so pretraining builds the same network as fine-tuning)."""
     import yaml
 
-    return dict(yaml.safe_load((CONFIGS / "rmd17_accurate.yaml").read_text())["model"])
+    model = dict(yaml.safe_load((CONFIGS / "rmd17_accurate.yaml").read_text())["model"])
+    if channels:
+        model["hidden_channels"] = channels
+    if layers:
+        model["num_layers"] = layers
+    return model
+
+
+def check_same_model(run: Path, model: Dict[str, Any]) -> None:
+    """Refuse to reuse a run (a shared pretraining, a half-done fine-tuning) built with another network
+    size: its weights would not load, or the table would mix two models in one row."""
+    import yaml
+
+    cfg_file = run / "config.yaml"
+    if not cfg_file.exists():
+        return
+    stored = (yaml.safe_load(cfg_file.read_text()) or {}).get("model", {})
+    for key in ("name", "hidden_channels", "num_layers"):
+        if key in stored and stored[key] != model[key]:
+            raise SystemExit(f"{cfg_file}: model.{key} is {stored[key]!r}, this command asks for {model[key]!r} "
+                             f"(--channels / --layers); use another --out for another model size")
 
 
 #: Pretraining on the ten-molecule pool (~9.8k frames): 10 epochs, batch 16, lr 1e-3 cosine
@@ -162,6 +183,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="--full --pretrain: pretrain on the unlabelled train_01 frames of every rMD17 molecule in "
                     "--data (all, default; the setting where masking helped, experiments/RESULTS.md) or of the "
                     "target molecule only (own)")
+    ap.add_argument("--channels", type=int, default=None,
+                    help="--full: TensorNet channels (default: configs/rmd17_accurate.yaml's, 64); use its own --out")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="--full: TensorNet interaction layers (default: the config's, 2); use its own --out")
     ap.add_argument("--seed", type=int, default=0,
                     help="fine-tuning seed (new layers' initial weights, batch order); the splits and the shared "
                     "pretraining stay. Seed N > 0 writes <out>/<molecule>_seed<N> (one folder per seed, for the "
@@ -169,6 +194,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     if args.seed < 0:
         ap.error(f"--seed {args.seed}: expected a seed >= 0")
+    for flag, value in (("--channels", args.channels), ("--layers", args.layers)):
+        if value is not None and (value < 1 or not args.full):
+            ap.error(f"{flag} {value}: expected a positive integer, with --full")
     p = dict(FULL if args.full else SMALL)
     import torch
 
@@ -194,10 +222,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     dat = [f"data.path={train_file}", f"data.test_path={test_file}", f"data.splits={p['splits']}"]
     runs: Dict[str, Path] = {}
     if args.full:
+        model = _accurate_model(args.channels, args.layers)
+        model_keys = [f"model.{k}={v}" for k, v in model.items()]
+        check_same_model(out / "train" / "accurate", model)
         if args.pretrain:
             task = args.pretrain_task
             pre_config = f"rmd17_pretrain_{task}.yaml"
-            model_keys = [f"model.{k}={v}" for k, v in _accurate_model().items()]
             if args.pretrain_pool == "all":
                 # one pretraining under --out for every molecule: the pool leaves out each one's
                 # fine-tuning validation frames (the splits below: sizes of FULL, the config's seed)
@@ -212,14 +242,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                 pre_data = [f"data.path={pool}", "data.splits={train: 0.98, val: 0.02, test: 0.0}",
                             f"model.species={species}"] + list(POOL_PRETRAIN) + TASK_OVERRIDES[task]
                 dat = dat + [f"model.species={species}"]
+                check_same_model(Path(args.out) / "train" / f"{task}_all_molecules", model)
                 runs["pretrain"] = train(f"{task}_all_molecules", pre_config, Path(args.out),
                                          common + pre_data + model_keys)
             else:
+                check_same_model(out / "train" / task, model)
                 runs["pretrain"] = train(task, pre_config, out, common + [f"data.path={train_file}"] + model_keys)
-            runs["accurate"] = train("accurate", "rmd17_accurate.yaml", out, common + ft + dat,
+            runs["accurate"] = train("accurate", "rmd17_accurate.yaml", out, common + ft + dat + model_keys,
                                      init=runs["pretrain"] / "best.pt")
         else:
-            runs["accurate"] = train("accurate", "rmd17_accurate.yaml", out, common + ft + dat)
+            runs["accurate"] = train("accurate", "rmd17_accurate.yaml", out, common + ft + dat + model_keys)
         deployed = runs["accurate"]
     else:
         runs["mask"] = train("mask", "rmd17_pretrain_mask.yaml", out, common + p["model"] + pre + [f"data.path={train_file}"])

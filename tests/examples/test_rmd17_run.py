@@ -156,3 +156,25 @@ def test_seed_sets_the_fine_tuning_seed_in_its_own_folder(tmp_path: Path) -> Non
     assert "train.seed=0" in over0 and "train.seed=2" in over2
     with pytest.raises(SystemExit):
         mod.main(["--full", "--seed", "-1", "--data", str(data), "--out", str(tmp_path / "o")])
+
+
+def test_channels_and_layers_reach_both_stages_and_a_mismatch_is_refused(tmp_path: Path) -> None:
+    """--channels / --layers: pretraining and fine-tuning build the same resized network; a
+    pretraining folder left by another size under the same --out is refused with its file named."""
+    import yaml
+
+    data = _ethanol_data(tmp_path)
+    mod, calls = _run_module_recording_training()
+    with pytest.raises(_Stop):
+        mod.main(["--full", "--pretrain", "--channels", "96", "--layers", "3", "--data", str(data),
+                  "--out", str(tmp_path / "o")])
+    (_, _, _, pre_over, _), (_, _, _, ft_over, _) = calls
+    for over in (pre_over, ft_over):
+        assert "model.hidden_channels=96" in over and "model.num_layers=3" in over
+    pre_run = tmp_path / "o" / "train" / "denoise_all_molecules"
+    pre_run.mkdir(parents=True)
+    (pre_run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "tensornet", "hidden_channels": 64}}))
+    with pytest.raises(SystemExit, match="hidden_channels"):
+        mod.main(["--full", "--pretrain", "--channels", "96", "--data", str(data), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        mod.main(["--channels", "96", "--data", str(data), "--out", str(tmp_path / "o")])  # needs --full
