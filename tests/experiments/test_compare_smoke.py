@@ -226,5 +226,7 @@ def test_reference_options_reach_the_run_configs(cmp, shared_data, tmp_path) -> 
         assert model["coord_updates"] is True and model["distance_input"] == "squared"
     assert build_model({**model, "species": [1, 6, 8]}).coord_updates
     assert "mask_variant" not in cmp.resolve(runs["pretrain_denoise_s0"])["objective"]
+    # the tables and plots name it apart from maskpot's EGNN
+    assert cmp.summarise(args, plan, list(runs.values()), {}, 0.0, "cmd")["model"]["name"] == "egnn-reference"
     with pytest.raises(SystemExit, match="needs --model egnn"):
         cmp.main(["--model", "painn", "--egnn-reference", "--out", str(tmp_path / "x")])
