@@ -52,18 +52,20 @@ def _accurate_model(channels: Optional[int] = None, layers: Optional[int] = None
     return model
 
 
-def check_same_model(run: Path, model: Dict[str, Any]) -> None:
-    """Refuse to reuse a run (a shared pretraining, a half-done fine-tuning) built with another network
-    size: its weights would not load, or the table would mix two models in one row."""
+def check_same_model(run: Path, overrides: List[str]) -> None:
+    """Refuse to reuse a run (a shared pretraining, a half-done fine-tuning) whose stored network size
+    differs from the ``model.*`` overrides asked for now: its weights would not load, or the table
+    would mix two models in one row."""
     import yaml
 
     cfg_file = run / "config.yaml"
     if not cfg_file.exists():
         return
     stored = (yaml.safe_load(cfg_file.read_text()) or {}).get("model", {})
+    asked = dict(o[len("model."):].split("=", 1) for o in overrides if o.startswith("model."))
     for key in ("name", "hidden_channels", "num_layers"):
-        if key in stored and stored[key] != model[key]:
-            raise SystemExit(f"{cfg_file}: model.{key} is {stored[key]!r}, this command asks for {model[key]!r} "
+        if key in stored and key in asked and str(stored[key]) != asked[key]:
+            raise SystemExit(f"{cfg_file}: model.{key} is {stored[key]!r}, this command asks for {asked[key]!r} "
                              f"(--channels / --layers); use another --out for another model size")
 
 
@@ -130,6 +132,7 @@ def train(name: str, config: str, out: Path, overrides: List[str], init: Optiona
     from maskpot.training.cli import train_main
 
     run = out / "train" / name
+    check_same_model(run, overrides)
     info = run / "run.json"
     if info.exists() and json.loads(info.read_text()).get("status") == "finished":
         print(f"  {run} finished, skipping")
@@ -222,9 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     dat = [f"data.path={train_file}", f"data.test_path={test_file}", f"data.splits={p['splits']}"]
     runs: Dict[str, Path] = {}
     if args.full:
-        model = _accurate_model(args.channels, args.layers)
-        model_keys = [f"model.{k}={v}" for k, v in model.items()]
-        check_same_model(out / "train" / "accurate", model)
+        model_keys = [f"model.{k}={v}" for k, v in _accurate_model(args.channels, args.layers).items()]
         if args.pretrain:
             task = args.pretrain_task
             pre_config = f"rmd17_pretrain_{task}.yaml"
@@ -242,11 +243,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 pre_data = [f"data.path={pool}", "data.splits={train: 0.98, val: 0.02, test: 0.0}",
                             f"model.species={species}"] + list(POOL_PRETRAIN) + TASK_OVERRIDES[task]
                 dat = dat + [f"model.species={species}"]
-                check_same_model(Path(args.out) / "train" / f"{task}_all_molecules", model)
                 runs["pretrain"] = train(f"{task}_all_molecules", pre_config, Path(args.out),
                                          common + pre_data + model_keys)
             else:
-                check_same_model(out / "train" / task, model)
                 runs["pretrain"] = train(task, pre_config, out, common + [f"data.path={train_file}"] + model_keys)
             runs["accurate"] = train("accurate", "rmd17_accurate.yaml", out, common + ft + dat + model_keys,
                                      init=runs["pretrain"] / "best.pt")

@@ -112,12 +112,15 @@ def _ethanol_data(tmp_path: Path) -> Path:
 
 
 def _run_module_recording_training():
-    """run.py with ``train`` replaced: each call recorded as (name, config, out, overrides, init);
-    the fine-tuning call ("accurate") stops the run with _Stop."""
+    """run.py with ``train`` replaced: each call checked against a run folder of another model size
+    and recorded as (name, config, out, overrides, init); the fine-tuning call ("accurate") stops
+    the run with _Stop."""
     mod = _run_module()
     calls = []
+    check_same_model = mod.check_same_model
 
     def fake_train(name, config, out, overrides, init=None):
+        check_same_model(out / "train" / name, overrides)  # what the real train() does before training
         calls.append((name, config, out, list(overrides), init))
         if name == "accurate":
             raise _Stop
@@ -178,3 +181,17 @@ def test_channels_and_layers_reach_both_stages_and_a_mismatch_is_refused(tmp_pat
         mod.main(["--full", "--pretrain", "--channels", "96", "--data", str(data), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit):
         mod.main(["--channels", "96", "--data", str(data), "--out", str(tmp_path / "o")])  # needs --full
+
+
+def test_train_refuses_a_run_folder_of_another_model_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real train() checks the stored config before skipping, resuming or starting a run."""
+    import yaml
+
+    import maskpot.training.cli as cli
+
+    monkeypatch.setattr(cli, "train_main", lambda argv: pytest.fail("trained despite the size mismatch"))
+    run = tmp_path / "train" / "accurate"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "tensornet", "num_layers": 2}}))
+    with pytest.raises(SystemExit, match="num_layers"):
+        _run_module().train("accurate", "rmd17_accurate.yaml", tmp_path, ["model.num_layers=3"])
