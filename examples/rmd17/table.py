@@ -58,14 +58,17 @@ def _train_seconds(run: Path, summary: Dict[str, Any]) -> Optional[float]:
 
 
 def _recipe_text(cfg: Dict[str, Any]) -> str:
-    """Loss form, energy : force weights and peak learning rate of a run, e.g. "MSE 1:100, lr 0.003"
-    (the recipe differs between rows)."""
+    """Loss form, energy : force weights, peak learning rate and (when not 0) weight decay of a run,
+    e.g. "MSE 1:100, lr 0.003" or "MSE 1:100, lr 0.001, wd 0.01" (the recipe differs between rows)."""
     objective = cfg.get("objective", {})
     kind = str(objective.get("loss_kind", "?")).upper()
     ew, fw = objective.get("energy_weight"), objective.get("force_weight")
     text = kind if not ew or fw is None else f"{kind} 1:{float(fw) / float(ew):g}"
     lr = cfg.get("train", {}).get("lr")
-    return f"{text}, lr {float(lr):g}" if lr is not None else text
+    if lr is not None:
+        text += f", lr {float(lr):g}"
+    wd = cfg.get("train", {}).get("weight_decay")
+    return f"{text}, wd {float(wd):g}" if wd else text
 
 
 def _init_text(info: Dict[str, Any]) -> str:

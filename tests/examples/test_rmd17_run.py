@@ -195,3 +195,19 @@ def test_train_refuses_a_run_folder_of_another_model_size(tmp_path: Path, monkey
     (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "tensornet", "num_layers": 2}}))
     with pytest.raises(SystemExit, match="num_layers"):
         _run_module().train("accurate", "rmd17_accurate.yaml", tmp_path, ["model.num_layers=3"])
+
+
+def test_weight_decay_reaches_the_fine_tuning_only(tmp_path: Path) -> None:
+    """--weight-decay regularises the fine-tuning; the shared pretraining (reused by every molecule
+    and seed under --out) keeps its config's."""
+    data = _ethanol_data(tmp_path)
+    mod, calls = _run_module_recording_training()
+    with pytest.raises(_Stop):
+        mod.main(["--full", "--pretrain", "--weight-decay", "0.01", "--data", str(data), "--out", str(tmp_path / "o")])
+    (_, pre_config, _, pre_over, _), (_, ft_config, _, ft_over, _) = calls
+    assert ft_config == "rmd17_accurate.yaml" and "train.weight_decay=0.01" in ft_over
+    assert not any(o.startswith("train.weight_decay") for o in pre_over)
+    for bad in (["--weight-decay", "-1", "--full"], ["--weight-decay", "0.01"]):  # negative; needs --full
+        with pytest.raises(SystemExit):
+            mod.main(bad + ["--data", str(data), "--out", str(tmp_path / "o")])
+

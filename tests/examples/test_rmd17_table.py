@@ -104,3 +104,10 @@ def test_seed_folders_are_rows_of_their_molecule(tmp_path: Path) -> None:
         assert table.main(["--out", str(tmp_path / "a"), "--update-readme", "--record", str(record),
                            "--readme", str(readme)]) == 0
     assert len(json.loads(record.read_text())["rows"]) == 2 and readme.read_text().count("**ours**") == 2
+
+
+def test_table_states_a_nonzero_weight_decay() -> None:
+    table = _table_module()
+    assert table._recipe_text({"objective": {"loss_kind": "mse", "energy_weight": 1, "force_weight": 100},
+                               "train": {"lr": 1e-3, "weight_decay": 0.01}}) == "MSE 1:100, lr 0.001, wd 0.01"
+    assert table._recipe_text({"train": {"lr": 1e-3, "weight_decay": 0.0}}).endswith("lr 0.001")
