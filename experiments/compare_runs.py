@@ -10,7 +10,6 @@ import json
 import math
 import shlex
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -97,15 +96,15 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
         "n_train": plan.pretrain_n_train if plan.pretrain_n_train is not None else len(plan.pool_idx),
         "n_val": plan.pretrain_n_val if plan.pretrain_n_val is not None else len(plan.val_idx)}}
     set_counts: Dict[str, Tuple[Dict[str, int], Path]] = {}
-    users = Counter(ds["split"] for ds in sets.values())
+    if len({ds["split"] for ds in sets.values()}) != len(sets):
+        # a splits file carries the hash of the one file it indexes, which maskpot-train checks
+        raise ValueError(f"every pretraining set needs its own splits file: {sets}")
     for key, ds in sets.items():
         n_tr, n_va = int(ds["n_train"]), int(ds["n_val"])
         split = out / "splits" / ds["split"]
-        # a splits file shared by two files (the TIP3P pool with and without its labels: same
-        # frames, different hashes) cannot carry one file's hash; maskpot-train then only warns
-        digest = file_data_hash(ds["file"], "npz") if users[ds["split"]] == 1 else None
         set_counts[key] = (_write_splits(split, n_tr + n_va, np.arange(n_tr), np.arange(n_tr, n_tr + n_va),
-                                         np.zeros(0, dtype=np.int64), args.data_seed, data_hash=digest), split)
+                                         np.zeros(0, dtype=np.int64), args.data_seed,
+                                         data_hash=file_data_hash(ds["file"], "npz")), split)
     common_model = model_overrides(args, plan)
     threads = [f"train.num_threads={args.threads}"] if args.threads else []
     patience = int(getattr(args, "patience", 0) or 0)

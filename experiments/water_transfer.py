@@ -99,7 +99,8 @@ def build_sources(out: Path, args: Any, ws: Any, dft_path: Path, dft_pool_idx: n
         "pool_paths": pool_paths, "seeds": seeds,
         "sets": {
             "unlabelled": {"file": unl, "n_train": meta["n_train"], "n_val": meta["n_val"], "split": "pretrain.npz"},
-            "labelled": {"file": lab, "n_train": meta["n_train"], "n_val": meta["n_val"], "split": "pretrain.npz"},
+            "labelled": {"file": lab, "n_train": meta["n_train"], "n_val": meta["n_val"],
+                         "split": "pretrain_labelled.npz"},
             "dft": {"file": dft, "n_train": int(len(pool) - n_dft_val), "n_val": int(n_dft_val),
                     "split": "pretrain_dft.npz"},
         },

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,7 @@ def test_every_arm_runs_from_its_own_checkpoint(grid) -> None:
     assert tasks["mask_supervised"]["init"]["checkpoint"].endswith("pretrain_mask_s0/best.pt")  # in sequence
     assert not tasks["supervised"]["init"]["checkpoint"]
     assert tasks["supervised"]["data"]["path"].endswith("pretrain_tip3p_labelled.npz")
+    assert tasks["supervised"]["data"]["split_file"].endswith("pretrain_labelled.npz")
     assert tasks["mask"]["data"]["path"].endswith("pretrain_unlabelled.npz")
     assert tasks["mask_dft"]["data"]["path"].endswith("pretrain_dft_unlabelled.npz")
     for n in (2, 4):
@@ -100,8 +102,9 @@ def test_every_arm_runs_from_its_own_checkpoint(grid) -> None:
 
 
 def test_pretraining_files(grid) -> None:
-    from maskpot.data.dataset import load_splits
+    from maskpot.data.dataset import AtomicDataset, load_splits
     from maskpot.data.io import read_dataset
+    from maskpot.data.validate import DataValidationError
 
     out, _, _, shared = grid
     data = out / "data"
@@ -132,6 +135,15 @@ def test_pretraining_files(grid) -> None:
             dmeta["dft_indices"])
     pre = load_splits(out / "splits" / "pretrain_dft.npz")
     assert pre["train"].tolist() == list(range(9)) and pre["val"].tolist() == [9]
+    # every pretraining splits file carries the hash of the file it indexes (no "hash missing" warning)
+    for split, file in (("pretrain.npz", "pretrain_unlabelled.npz"), ("pretrain_labelled.npz",
+                        "pretrain_tip3p_labelled.npz"), ("pretrain_dft.npz", "pretrain_dft_unlabelled.npz")):
+        n = len(read_dataset(data / file))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_splits(out / "splits" / split, n, AtomicDataset(read_dataset(data / file)).data_hash())
+        with pytest.raises(DataValidationError, match="data_hash"):  # and only that file's
+            load_splits(out / "splits" / split, n, "another file")
     # the TIP3P frames are not DFT frames
     assert not _flat(lab_pos) & _flat(np.stack([s.positions for s in allf]))
 
@@ -200,7 +212,8 @@ def _plan(cmp, tmp_path, strategies, dataset="water-dft-transfer"):
         configs={"scratch": c / "water_scratch.yaml", "finetune": c / "water_finetune.yaml",
                  "mask": c / "water_pretrain_mask.yaml", "denoise": c / "water_pretrain_denoise.yaml"},
         pretrain_sets={"unlabelled": {"file": tmp_path / "unl.npz", "split": "pretrain.npz", "n_train": 6, "n_val": 2},
-                       "labelled": {"file": tmp_path / "lab.npz", "split": "pretrain.npz", "n_train": 6, "n_val": 2},
+                       "labelled": {"file": tmp_path / "lab.npz", "split": "pretrain_labelled.npz", "n_train": 6,
+                                    "n_val": 2},
                        "dft": {"file": tmp_path / "dft.npz", "split": "pretrain_dft.npz", "n_train": 9, "n_val": 1}})
     return args, {r.name: r for r in cmp.plan_runs(args, plan, tmp_path)}
 
