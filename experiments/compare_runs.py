@@ -96,9 +96,10 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
         "n_train": plan.pretrain_n_train if plan.pretrain_n_train is not None else len(plan.pool_idx),
         "n_val": plan.pretrain_n_val if plan.pretrain_n_val is not None else len(plan.val_idx)}}
     set_counts: Dict[str, Tuple[Dict[str, int], Path]] = {}
-    if len({ds["split"] for ds in sets.values()}) != len(sets):
-        # a splits file carries the hash of the one file it indexes, which maskpot-train checks
-        raise ValueError(f"every pretraining set needs its own splits file: {sets}")
+    names = [ds["split"] for ds in sets.values()]
+    shared = sorted({n for n in names if names.count(n) > 1})
+    if shared:  # a splits file carries the hash of the one file it indexes, which maskpot-train checks
+        raise ValueError(f"every pretraining set needs its own splits file; shared: {shared}")
     for key, ds in sets.items():
         n_tr, n_va = int(ds["n_train"]), int(ds["n_val"])
         split = out / "splits" / ds["split"]

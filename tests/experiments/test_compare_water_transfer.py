@@ -138,10 +138,11 @@ def test_pretraining_files(grid) -> None:
     # every pretraining splits file carries the hash of the file it indexes (no "hash missing" warning)
     for split, file in (("pretrain.npz", "pretrain_unlabelled.npz"), ("pretrain_labelled.npz",
                         "pretrain_tip3p_labelled.npz"), ("pretrain_dft.npz", "pretrain_dft_unlabelled.npz")):
-        n = len(read_dataset(data / file))
+        frames = read_dataset(data / file)
+        n = len(frames)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            load_splits(out / "splits" / split, n, AtomicDataset(read_dataset(data / file)).data_hash())
+            load_splits(out / "splits" / split, n, AtomicDataset(frames).data_hash())
         with pytest.raises(DataValidationError, match="data_hash"):  # and only that file's
             load_splits(out / "splits" / split, n, "another file")
     # the TIP3P frames are not DFT frames
