@@ -230,6 +230,18 @@ def _without(cfg, *keys):
     return c
 
 
+def test_pretraining_sets_sharing_a_splits_file_are_refused(cmp, tmp_path) -> None:
+    """A splits file carries the hash of one data file, so two pretraining sets cannot share one."""
+    args, _ = _plan(cmp, tmp_path, ["scratch", "mask"])
+    plan = cmp.DatasetPlan(
+        name="water-dft-transfer", kind="water-dft-transfer", labelled=tmp_path / "dft_labelled.npz", test_path=None,
+        n_frames=20, pool_idx=np.arange(10), val_idx=np.arange(10, 14), test_idx=np.arange(14, 20), configs={},
+        pretrain_sets={"unlabelled": {"file": tmp_path / "unl.npz", "split": "pretrain.npz", "n_train": 6, "n_val": 2},
+                       "labelled": {"file": tmp_path / "lab.npz", "split": "pretrain.npz", "n_train": 6, "n_val": 2}})
+    with pytest.raises(ValueError, match=r"shared: \['pretrain.npz'\]"):
+        cmp.plan_runs(args, plan, tmp_path / "other")
+
+
 def test_new_arms_plan(cmp, tmp_path) -> None:
     """denoise_1A: sigma 1.0, otherwise denoise's run; mask_denoise: a sigma 0.2 denoising stage that
     depends on (and is planned after) pretrain_mask, which runs although mask is not asked for;
