@@ -164,7 +164,13 @@ def test_tables_from_summary(grid, cmp) -> None:
     assert set(summary["pretraining"]) == {"denoise", "mask", "supervised", "mask_supervised", "mask_dft",
                                            "mask_denoise"}
     assert summary["pretraining"]["mask_denoise"]["metric"] == "val_vector_rmse"
+    # the convergence criterion is reported against scratch: one epoch (or —) per seed
+    reach = r4["mask"]["vs_scratch"]["epochs_to_scratch_final_val_force_per_seed"]
+    assert len(reach) == 2
     text = md.read_text()
+    assert "epochs to scratch's final val F |" in text
+    cells = ", ".join("—" if x is None else str(x) for x in reach)
+    assert any(l.startswith("| 4 | mask | scratch |") and l.endswith(f"| {cells} |") for l in text.splitlines())
     assert text.count("compare_pretraining water-dft-transfer") == 2
     for s in ("| 4 | mask_dft | 2 |", "| 2 | mask_supervised | supervised |", "E RMSE, offset removed",
               "Where masking adds to supervised", "lr 0.001", "| 4 | mask_denoise | denoise |",
