@@ -217,7 +217,7 @@ def markdown(summary: Dict[str, Any]) -> str:
                 v = summary["results"].get(str(n), {}).get(strat, {}).get("vs_scratch")
                 if v is None:
                     continue
-                ep = ", ".join("—" if x is None else str(x) for x in v["epochs_to_scratch_final_val_force_per_seed"])
+                ep = st.format_epochs(v["epochs_to_scratch_final_val_force_per_seed"])
                 df = st.format_ci(v["force_mae_meV_per_A"], 1) if "force_mae_meV_per_A" in v else "(reference)"
                 de = st.format_ci(v["energy_mae_meV_per_atom"], 2) if "energy_mae_meV_per_atom" in v else "(reference)"
                 lines.append(f"| {n} | {strat} | {df} | {de} | {ep} |")

@@ -189,6 +189,11 @@ def format_ci(stats: Mapping[str, object], digits: int = 1) -> str:
     return f"{mean:+.{digits}f} [{float(stats['low']):+.{digits}f}, {float(stats['high']):+.{digits}f}]"  # type: ignore[arg-type]
 
 
+def format_epochs(epochs: Optional[Sequence[Optional[int]]]) -> str:
+    """Per-seed epochs as ``'10, 12, —'`` (``—``: never reached); ``''`` without data."""
+    return ", ".join("—" if x is None else str(x) for x in epochs) if epochs else ""
+
+
 def format_mean_std(values: Sequence[Optional[float]], digits: int) -> str:
     """``'mean ± std'`` over seeds (sample std), the value alone for one seed, ``'n/a'`` for none."""
     a = np.array([float(v) for v in values if v is not None], dtype=float)

@@ -189,7 +189,7 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
             rel_lo = 100 * f["low"] / f["reference_mean"] if f["n"] > 1 else float("nan")
             rel_hi = 100 * f["high"] / f["reference_mean"] if f["n"] > 1 else float("nan")
             ec = v.get("energy_rmse_centred_meV_per_atom")
-            ep = ", ".join("—" if x is None else str(x) for x in v["epochs_to_scratch_final_val_force_per_seed"])
+            ep = st.format_epochs(v["epochs_to_scratch_final_val_force_per_seed"])
             lines.append(
                 f"| {n} | {strat} | {st.format_ci(f, 1)} | {rel:+.1f} [{rel_lo:+.1f}, {rel_hi:+.1f}] "
                 f"| {f['n_lower']}/{f['n']} | {st.format_ci(v['energy_mae_meV_per_atom'], 3)} "

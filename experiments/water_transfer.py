@@ -259,11 +259,10 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
                           f"{100 * float(f['high']) / float(f['reference_mean']):+.1f}]") if ok else ""
                 e = v.get("energy_mae_meV_per_atom")
                 ec = v.get("energy_rmse_centred_meV_per_atom")
-                reach = v.get("epochs_to_scratch_final_val_force_per_seed")
-                reach_s = ", ".join("—" if x is None else str(x) for x in reach) if reach else ""
                 lines.append(
                     f"| {n} | {arm} | {ref} | {st.format_ci(f, 1)} | {rel:+.1f}{rel_ci} | {f['n_lower']}/{f['n']} "
-                    f"| {st.format_ci(e, 3) if e else 'n/a'} | {st.format_ci(ec, 3) if ec else 'n/a'} | {reach_s} |")
+                    f"| {st.format_ci(e, 3) if e else 'n/a'} | {st.format_ci(ec, 3) if ec else 'n/a'} "
+                    f"| {st.format_epochs(v.get('epochs_to_scratch_final_val_force_per_seed'))} |")
     found = findings(summary)
     lines += ["", "Where masking adds to supervised pretraining or is the better choice (95 % interval of the paired "
               "force-MAE difference entirely below 0): " + ("; ".join(found) + "." if found else
