@@ -78,7 +78,9 @@ def test_box_read_at_every_call_barostat(exported):
     path, _ = exported("toy-energy", "float64")
     atoms = water_box()
     system = ml_system(atoms, create_force(path, water_topology(atoms)))
-    system.addForce(openmm.MonteCarloBarostat(1000 * unit.bar, 300 * unit.kelvin, 1))
+    barostat = openmm.MonteCarloBarostat(1000 * unit.bar, 300 * unit.kelvin, 1)
+    barostat.setRandomNumberSeed(20261205)  # a fixed seed: the test must not depend on luck
+    system.addForce(barostat)
     plat, props = platform("Reference")
     integrator = openmm.VerletIntegrator(0.5 * unit.femtosecond)
     context = openmm.Context(system, integrator, plat, props)
@@ -87,10 +89,14 @@ def test_box_read_at_every_call_barostat(exported):
     box = np.asarray(atoms.cell) * 1.04
     context.setPeriodicBoxVectors(*[openmm.Vec3(*r) * unit.angstrom for r in box])
     context.setPositions(atoms.positions * 1.04 * unit.angstrom)
-    integrator.step(5)
-    state = context.getState(getEnergy=True, getPositions=True, getForces=True)
-    box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
-    assert abs(box[0, 0] - 1.04 * atoms.cell[0, 0]) > 1e-9, "barostat did not move the box"
+    # Monte Carlo volume moves can all be rejected in a few steps: step until one is accepted
+    for _ in range(40):
+        integrator.step(5)
+        state = context.getState(getEnergy=True, getPositions=True, getForces=True)
+        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
+        if abs(box[0, 0] - 1.04 * atoms.cell[0, 0]) > 1e-9:
+            break
+    assert abs(box[0, 0] - 1.04 * atoms.cell[0, 0]) > 1e-9, "barostat did not move the box in 200 steps"
     moved = atoms.copy()
     moved.set_cell(np.asarray(box))
     moved.positions = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
