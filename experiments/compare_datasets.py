@@ -27,8 +27,9 @@ TRANSFER_STRATEGIES = ("supervised", "mask_supervised", "mask_dft")
 #: Opt-in arms (issue 12), never in a default list: ``denoise_1A`` (denoising with σ = 1.0 Å, the
 #: reference code's value), ``mask_denoise`` (a σ = 0.2 Å denoising stage started from the mask
 #: checkpoint, in sequence) on any dataset; ``supervised_2x`` (supervised pretraining with twice
-#: --pretrain-epochs, the equal-compute control of mask_supervised) with water-dft-transfer only.
-EXTRA_STRATEGIES = ("denoise_1A", "mask_denoise", "supervised_2x")
+#: --pretrain-epochs, the equal-compute control of mask_supervised) with water-dft-transfer only;
+#: ``mask_reference`` (the reference code's rMD17 masking, beside ``mask``'s --mask-variant) with rMD17 only.
+EXTRA_STRATEGIES = ("denoise_1A", "mask_denoise", "supervised_2x", "mask_reference")
 #: Arms that need --dataset water-dft-transfer (the TIP3P labels or the DFT candidates).
 TRANSFER_ONLY_STRATEGIES = TRANSFER_STRATEGIES + ("supervised_2x",)
 #: The default arms of water-dft-transfer (the original six).
@@ -92,13 +93,16 @@ def parse_dataset(spec: str) -> Tuple[str, str]:
 
 def resolve_defaults(args: argparse.Namespace) -> None:
     """Dataset-dependent defaults (strategies, TIP3P box) and the strategy check, in place."""
-    transfer = parse_dataset(args.dataset)[0] == "water-dft-transfer"
+    kind = parse_dataset(args.dataset)[0]
+    transfer = kind == "water-dft-transfer"
     if args.strategies is None:
         args.strategies = list(DEFAULT_TRANSFER_STRATEGIES if transfer else STRATEGIES)
     args.strategies = [s for s in ALL_STRATEGIES if s in args.strategies]
     extra = [s for s in args.strategies if s in TRANSFER_ONLY_STRATEGIES]
     if extra and not transfer:
         raise SystemExit(f"--strategies {' '.join(extra)}: only with --dataset water-dft-transfer")
+    if "mask_reference" in args.strategies and kind != "rmd17":  # the reference's masking is of molecules
+        raise SystemExit("--strategies mask_reference: only with --dataset rmd17:<molecule>")
     if args.tip3p_molecules is None:
         args.tip3p_molecules = 64 if transfer else 32
     if args.tip3p_box is None:

@@ -52,8 +52,10 @@ Opt-in arms (never in a default list; the new arms come last in tables and run o
 ``denoise_1A`` (denoising pretraining with σ = 1.0 Å, the reference code's value, instead of 0.2 Å;
 same data and budget as ``denoise``), ``mask_denoise`` (in sequence: a σ = 0.2 Å denoising stage
 started from the ``pretrain_mask`` checkpoint, same epochs/lr; asking for it runs ``mask`` too) on
-any dataset, and with water-dft-transfer ``supervised_2x`` (``supervised`` with twice
-``--pretrain-epochs``: the equal-compute control of ``mask_supervised``).
+any dataset, with water-dft-transfer ``supervised_2x`` (``supervised`` with twice
+``--pretrain-epochs``: the equal-compute control of ``mask_supervised``), and with rMD17
+``mask_reference`` (masking with the reference code's variant and loss beside ``mask``, whose variant
+``--mask-variant`` sets: the two variants in one grid, paired by seed).
 
 Resumable: a run whose ``test_metrics.json`` exists is skipped, an interrupted one (``last.pt``
 without ``test_metrics.json``) is resumed exactly; a run folder whose stored config differs from
@@ -120,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(TRANSFER_ONLY_STRATEGIES)} need water-dft-transfer; opt-in only: "
                         f"{', '.join(EXTRA_STRATEGIES)} (denoise_1A: denoising with sigma 1.0 A; mask_denoise: a "
                         "sigma 0.2 A denoising stage started from the mask checkpoint; supervised_2x: supervised "
-                        "pretraining with twice --pretrain-epochs, the equal-compute control of mask_supervised)")
+                        "pretraining with twice --pretrain-epochs, the equal-compute control of mask_supervised; "
+                        "mask_reference: rMD17 masking with the reference code's variant, beside mask)")
     p.add_argument("--out", default=None, help="output folder (default: runs/compare/<dataset>_<model>)")
     p.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT), help="shared data folder")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the pool/val/test split (fixed over --seeds)")

@@ -26,7 +26,7 @@ def plot(summary: Dict[str, Any], out: Path) -> None:
 
     colors = {"scratch": "tab:gray", "denoise": "tab:blue", "mask": "tab:red", "supervised": "tab:green",
               "mask_supervised": "tab:purple", "mask_dft": "tab:orange", "denoise_1A": "tab:cyan",
-              "mask_denoise": "tab:pink", "supervised_2x": "tab:olive"}
+              "mask_denoise": "tab:pink", "supervised_2x": "tab:olive", "mask_reference": "tab:brown"}
     labels = summary["labels"]
     fig, axes = plt.subplots(1, len(labels), figsize=(4.8 * len(labels), 3.8), squeeze=False)
     for ax, n in zip(axes[0], labels):
@@ -92,6 +92,8 @@ EXTRA_ARM_TEXT = {
                     "checkpoint (in sequence: the pretraining of both; the same output, no head reset)",
     "supervised_2x": "supervised_2x = supervised pretraining with twice the epochs (the equal-compute control of "
                      "mask_supervised)",
+    "mask_reference": "mask_reference = masking with the reference code's rMD17 variant (every kept atom a target, "
+                      "from the farthest removed H, no flag; loss cosine_form mean) on the same pool and budget as mask",
 }
 
 
@@ -126,7 +128,9 @@ PAIRED_TITLES = {("mask", "denoise"): ("Mask against denoise", "masking"),
                  ("mask", "denoise_1A"): ("Mask against denoise σ 1 Å", "masking"),
                  ("denoise_1A", "denoise"): ("Denoise σ 1 Å against σ 0.2 Å", "σ 1 Å"),
                  ("mask_denoise", "denoise"): ("Mask then denoise against denoise alone", "mask_denoise"),
-                 ("mask_denoise", "mask"): ("Mask then denoise against mask alone", "mask_denoise")}
+                 ("mask_denoise", "mask"): ("Mask then denoise against mask alone", "mask_denoise"),
+                 ("mask_reference", "mask"): ("Reference masking variant against mask", "mask_reference"),
+                 ("mask_reference", "denoise"): ("Reference masking variant against denoise", "mask_reference")}
 
 
 def paired_arms_lines(summary: Dict[str, Any], st: Any) -> List[str]:

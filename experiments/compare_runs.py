@@ -44,7 +44,7 @@ class Run:
 
 
 #: Opt-in pretraining arms (issue 12), planned after the original five.
-EXTRA_PRETRAIN = ("denoise_1A", "mask_denoise", "supervised_2x")
+EXTRA_PRETRAIN = ("denoise_1A", "mask_denoise", "supervised_2x", "mask_reference")
 #: Non-supervised stages started from ``pretrain_mask_s<seed>`` (mask_supervised is handled with the
 #: energy/force stages); requesting any of FROM_MASK or mask_supervised runs the mask stage.
 SEQUENCE_FROM_MASK = ("mask_denoise",)
@@ -137,9 +137,10 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
                     f"data.splits={_yaml_flow(counts)}", f"data.split_file={split}", f"data.seed={args.data_seed}"]
             obj = ([f"objective={{noise_sigma: {NOISE_SIGMA[strat]}, denoise_target: noise}}"]
                    if strat in NOISE_SIGMA else [])
-            if task == "mask" and getattr(args, "mask_variant", None):
-                obj = [f"objective.mask_variant={args.mask_variant}"]
-                obj += ["objective.cosine_form=mean"] if args.mask_variant == "reference" else []
+            variant = "reference" if strat == "mask_reference" else getattr(args, "mask_variant", None)
+            if task == "mask" and variant:  # the reference variant comes with the reference's loss
+                obj = [f"objective.mask_variant={variant}"]
+                obj += ["objective.cosine_form=mean"] if variant == "reference" else []
             name = f"pretrain_{strat}_s{seed}"
             dep = None
             if task == "energy_force":  # supervised pretraining on the TIP3P labels
@@ -204,7 +205,8 @@ def _pretrain_stage(strat: str) -> Tuple[str, str]:
     return {"denoise": ("denoise", "unlabelled"), "mask": ("mask", "unlabelled"),
             "supervised": ("energy_force", "labelled"), "mask_supervised": ("energy_force", "labelled"),
             "mask_dft": ("mask", "dft"), "denoise_1A": ("denoise", "unlabelled"),
-            "mask_denoise": ("denoise", "unlabelled"), "supervised_2x": ("energy_force", "labelled")}[strat]
+            "mask_denoise": ("denoise", "unlabelled"), "supervised_2x": ("energy_force", "labelled"),
+            "mask_reference": ("mask", "unlabelled")}[strat]
 
 
 def resolve(run: Run) -> Dict[str, Any]:

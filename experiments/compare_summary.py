@@ -18,10 +18,11 @@ import numpy as np
 
 FORCE_COL = "val_force_mae_meV_per_A"
 #: Pretraining arms on the unlabelled pool whose pretext score is shown next to the geometry-only rule.
-GEOMETRY_BASELINE_ARMS = ("mask", "denoise", "denoise_1A", "mask_denoise")
+GEOMETRY_BASELINE_ARMS = ("mask", "denoise", "denoise_1A", "mask_denoise", "mask_reference")
 #: (arm, reference) pairs compared by seed besides every arm against scratch (``vs_<reference>``)
 PAIRED_ARMS = (("mask", "denoise"), ("mask", "denoise_1A"), ("denoise_1A", "denoise"),
-               ("mask_denoise", "denoise"), ("mask_denoise", "mask"))
+               ("mask_denoise", "denoise"), ("mask_denoise", "mask"), ("mask_reference", "mask"),
+               ("mask_reference", "denoise"))
 
 log = logging.getLogger("compare_pretraining")
 
@@ -106,9 +107,8 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
     pre = {}
     metric = {"mask": "val_mean_cosine", "mask_dft": "val_mean_cosine", "denoise": "val_vector_rmse",
               "supervised": FORCE_COL, "mask_supervised": FORCE_COL, "denoise_1A": "val_vector_rmse",
-              "mask_denoise": "val_vector_rmse", "supervised_2x": FORCE_COL}
-    for strat in ("mask", "denoise", "supervised", "mask_supervised", "mask_dft", "denoise_1A", "mask_denoise",
-                  "supervised_2x"):
+              "mask_denoise": "val_vector_rmse", "supervised_2x": FORCE_COL, "mask_reference": "val_mean_cosine"}
+    for strat in metric:
         rs = [r for r in runs if r.stage == "pretrain" and r.strategy == strat and r.name in results]
         if not rs:
             continue

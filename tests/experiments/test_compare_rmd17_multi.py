@@ -7,7 +7,8 @@ validation frame; the pretext validation set is held out of the pool itself; scr
 pretrained model share one architecture whose species cover H, C, N, O; the summary and the
 RESULTS.md block name the molecules, frame counts and mask variant and put the pretext score next
 to the geometry-only rule. A --pretrain-only run with --mask-variant reference gives the other
-variant's line."""
+variant's line; the opt-in arm mask_reference runs the reference variant beside mask in one grid,
+paired by seed."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def _argv(out: Path, shared_data: Path) -> list:
         "--pool", "8", "--val", "4", "--test-frames", "4", "--hidden", "8", "--layers", "1",
         "--pretrain-molecules", "ethanol", "aspirin", "uracil",
         "--pretrain-frames-per-molecule", str(K), "--pretrain-val-per-molecule", str(V),
-        "--strategies", "scratch", "mask", "--pretrain-epochs", "1", "--finetune-epochs", "1",
+        "--strategies", "scratch", "mask", "mask_reference", "--pretrain-epochs", "1", "--finetune-epochs", "1",
         "--batch-size", "4", "--pretrain-batch-size", "4", "--eval-batch-size", "8",
         "--out", str(out / "run"), "--data-root", str(shared_data), "--results-md", str(out / "RESULTS.md"),
         "--no-progress",
@@ -134,6 +135,34 @@ def test_summary_and_results_name_the_pool_and_the_variant(multi) -> None:
     assert "mask variant local" in text and "mask (variant local): val_mean_cosine" in text
     assert "geometry-only rule 0." in text and "| 4 | mask |" in text
     assert "Per molecule, mask (variant local) mean_cosine of best.pt / geometry-only rule" in text
+
+
+def test_mask_reference_arm_beside_mask(multi) -> None:
+    """mask_reference: the same pool, budget and model as mask; only the variant (and the reference's
+    loss form) differ; its fine-tuning starts from its own checkpoint; the report pairs it with mask."""
+    out, md, _ = multi
+    cfg = {a: yaml.safe_load((out / "runs" / f"pretrain_{a}_s0" / "config.yaml").read_text())
+           for a in ("mask", "mask_reference")}
+    assert cfg["mask"]["objective"].get("mask_variant", "local") == "local"  # the objective's default
+    assert cfg["mask_reference"]["objective"]["mask_variant"] == "reference"
+    assert cfg["mask_reference"]["objective"]["cosine_form"] == "mean"
+    for c in cfg.values():  # everything but the variant, its loss form and the output folder agrees
+        c["objective"].pop("mask_variant", None), c["objective"].pop("cosine_form", None), c.pop("output")
+    assert cfg["mask"] == cfg["mask_reference"]
+    ft = yaml.safe_load((out / "runs" / "ft_mask_reference_n4_s0" / "config.yaml").read_text())
+    assert ft["init"]["checkpoint"].endswith("pretrain_mask_reference_s0/best.pt")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pretraining"]["mask_reference"]["mask_variant"] == "reference"
+    assert summary["pretraining"]["mask"]["mask_variant"] == "local"
+    assert "vs_mask" in summary["results"]["4"]["mask_reference"]
+    text = md.read_text()
+    assert "Reference masking variant against mask, paired by seed" in text
+    assert "mask_reference = masking with the reference code's rMD17 variant" in text
+
+
+def test_mask_reference_needs_rmd17(cmp, tmp_path) -> None:
+    with pytest.raises(SystemExit, match="mask_reference: only with --dataset rmd17"):
+        cmp.main(["--dataset", "water-dft", "--strategies", "scratch", "mask_reference", "--out", str(tmp_path / "a")])
 
 
 def test_pretrain_only_reference_variant(cmp, shared_data, tmp_path) -> None:
