@@ -259,10 +259,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     wall = time.time() - t_start
     previous = out / "summary.json"
     if args.summary_only and previous.is_file():
-        # regenerating tables: the wall time and command are those of the run that trained
+        # regenerating tables: the wall time and command are those of the run that trained, unless
+        # that run trained other arms (processes sharing --out): then this command names the grid
         try:
             old = json.loads(previous.read_text())
-            wall, command = float(old.get("wall_s", wall)), str(old.get("command", command))
+            wall = float(old.get("wall_s", wall))
+            if old.get("strategies") == list(args.strategies):
+                command = str(old.get("command", command))
         except (ValueError, OSError) as exc:
             log.warning("%s: unreadable (%s); the table states this process's wall time and command", previous, exc)
     summary = summarise(args, plan, runs, results, wall, command)

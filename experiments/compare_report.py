@@ -133,6 +133,12 @@ PAIRED_TITLES = {("mask", "denoise"): ("Mask against denoise", "masking"),
                  ("mask_reference", "denoise"): ("Reference masking variant against denoise", "mask_reference")}
 
 
+def _pretext_key(p: Dict[str, Any]) -> str:
+    """The geometry-rule / per-molecule key of a pretraining stage: its validation metric without ``val_``
+    (mean_cosine for the masking arms, vector_rmse for the denoising ones)."""
+    return "mean_cosine" if p.get("metric") == "val_mean_cosine" else "vector_rmse"
+
+
 def paired_arms_lines(summary: Dict[str, Any], st: Any) -> List[str]:
     """One markdown table per pair of compare_summary.PAIRED_ARMS present in ``summary`` (its
     ``vs_<reference>`` entries): paired test-error differences by seed, for every report."""
@@ -239,7 +245,7 @@ def markdown(summary: Dict[str, Any]) -> str:
             if best:
                 text += f", {np.mean(best):.3f} at best.pt"
             base = [b for b in p.get("geometry_baseline") or [] if b]
-            bkey = "mean_cosine" if strat in ("mask", "mask_dft") else "vector_rmse"
+            bkey = _pretext_key(p)
             if base and all(bkey in b for b in base):
                 rule = float(np.mean([b[bkey] for b in base]))
                 text += f", geometry-only rule {rule:.3f}"
@@ -252,7 +258,7 @@ def markdown(summary: Dict[str, Any]) -> str:
             per = [x for x in p.get("per_molecule") or [] if x]
             if not per:
                 continue
-            key = "mean_cosine" if strat == "mask" else "vector_rmse"
+            key = _pretext_key(p)
             cells = [f"{m} {np.mean([x[m]['learned'] for x in per]):.3f} / {np.mean([x[m]['rule'] for x in per]):.3f}"
                      for m in per[0]]
             name = f"{strat} (variant {p['mask_variant']})" if p.get("mask_variant") else strat

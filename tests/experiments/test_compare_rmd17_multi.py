@@ -158,6 +158,24 @@ def test_mask_reference_arm_beside_mask(multi) -> None:
     text = md.read_text()
     assert "Reference masking variant against mask, paired by seed" in text
     assert "mask_reference = masking with the reference code's rMD17 variant" in text
+    assert "Per molecule, mask_reference (variant reference) mean_cosine of best.pt" in text
+    assert "mask_reference (variant reference): val_mean_cosine" in text
+
+
+def test_summary_only_names_the_whole_grid(multi, cmp, tmp_path) -> None:
+    """--summary-only keeps the training run's command when it trained the same arms; over arms that
+    other processes trained (sharing --out) it states its own command, which names them all.
+    (Runs last on the ``multi`` folder: it rewrites its summary.json.)"""
+    out, _, argv = multi
+    stored = json.loads((out / "summary.json").read_text())["command"]
+    md = str(tmp_path / "R.md")
+    assert cmp.main([*argv, "--summary-only", "--results-md", md]) == 0
+    assert json.loads((out / "summary.json").read_text())["command"] == stored
+    i = argv.index("--strategies")
+    fewer = [*argv[:i + 1], "scratch", "mask", *argv[i + 4:]]
+    assert cmp.main([*fewer, "--summary-only", "--results-md", md]) == 0
+    command = json.loads((out / "summary.json").read_text())["command"]
+    assert "--summary-only" in command and "mask_reference" not in command
 
 
 def test_mask_reference_needs_rmd17(cmp, tmp_path) -> None:
