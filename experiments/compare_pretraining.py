@@ -295,11 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = markdown(summary)
     print("\n" + table)
     if args.results_md:
-        from maskpot.utils import upsert_marked_block
-
-        md = Path(args.results_md)
-        md.parent.mkdir(parents=True, exist_ok=True)
-        upsert_marked_block(md, *_rp.block_markers(summary), table)
+        _rp.write_results_block(Path(args.results_md), summary, table, _rp.block_markers(summary))
     log.info("done in %.1f min: %s", wall / 60, out)
     return 0
 

@@ -4,6 +4,7 @@ tip3p-traj and water-dft-transfer tables are in ``water_sources.py`` / ``water_t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -83,6 +84,31 @@ def pretrain_pool_text(summary: Dict[str, Any]) -> str:
             f"train_01 frames ({per}) + {z['pretrain_val']} pretext-validation frames held out of the pool "
             f"({', '.join(f'{m} {va.get(m, chr(63))}' for m in mols)}); no fine-tuning validation or test_01 frame; "
             f"model species {src.get('species')}")
+
+
+def _out_tail(command: str) -> Optional[str]:
+    """The last two components of a command line's ``--out`` folder (None without one)."""
+    m = re.search(r"--out\s+(\S+)", command or "")
+    return "/".join(Path(m.group(1).strip("'\"")).parts[-2:]) if m else None
+
+
+def write_results_block(md: Path, summary: Dict[str, Any], table: str, markers: Tuple[str, str]) -> None:
+    """Replace this experiment's block of ``md`` (or append it). Block keys name only the output
+    folder's basename, so two grids whose ``--out`` share it (``a/ethanol``, ``b/ethanol``) would
+    overwrite each other's tables: refuse when the stored block's ``--out`` is another folder."""
+    from maskpot.utils import upsert_marked_block
+
+    begin, end = markers
+    text = md.read_text() if md.is_file() else ""
+    if begin in text:
+        stored = re.search(r"Command: `([^`]*)`", text.split(begin, 1)[1].split(end, 1)[0])
+        old, new = _out_tail(stored.group(1) if stored else ""), _out_tail(summary.get("command", ""))
+        if old and new and old != new:
+            raise SystemExit(f"{md}: its block {begin!r} holds the tables of --out .../{old}, not of this grid "
+                             f"(--out .../{new}): give this grid an --out folder of another name, or pass "
+                             "--results-md another file")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    upsert_marked_block(md, begin, end, table)
 
 
 #: What the opt-in arms (issue 12) are, for the tables' text (only the arms of a grid are named).

@@ -125,9 +125,9 @@ def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
 def write_block(md: Path, summary: Dict[str, Any], table: str) -> None:
     """Replace this experiment's generated block of ``md`` (or append it): reruns and partial
     summaries update the same section instead of appending copies."""
-    from maskpot.utils import upsert_marked_block
+    from maskpot.utils import load_sibling_module
 
-    upsert_marked_block(md, *block_markers(summary), table)
+    load_sibling_module(__file__, "compare_report").write_results_block(md, summary, table, block_markers(summary))
 
 
 

@@ -152,9 +152,7 @@ def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
 
 def write_block(md: Path, summary: Dict[str, Any], table: str) -> None:
     """Replace this experiment's generated block of ``md`` (or append it)."""
-    from maskpot.utils import upsert_marked_block
-
-    upsert_marked_block(md, *block_markers(summary), table)
+    _load_sibling("compare_report").write_results_block(md, summary, table, block_markers(summary))
 
 
 

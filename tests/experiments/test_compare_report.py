@@ -35,3 +35,19 @@ def test_wall_time_of_one_uninterrupted_invocation(report) -> None:
     # summaries written before run_wall_s existed
     assert report.wall_time_text({"wall_s": 120.0}) == "Wall time 2.0 min"
     assert report.wall_time_text({"wall_s": 120.0, "run_wall_s": {}}) == "Wall time 2.0 min"
+
+
+def test_results_block_of_another_out_folder_is_not_overwritten(report, tmp_path) -> None:
+    """Block keys hold the --out basename only: a grid in b/ethanol must not replace a/ethanol's tables;
+    a regeneration of the same folder replaces its block in place."""
+    md = tmp_path / "RESULTS.md"
+    markers = ("<!-- compare_pretraining rmd17:ethanol ethanol:lr0.001 begin -->",
+               "<!-- compare_pretraining rmd17:ethanol ethanol:lr0.001 end -->")
+    cmd = "python experiments/compare_pretraining.py --dataset rmd17:ethanol --out {} --seeds 0"
+    report.write_results_block(md, {"command": cmd.format("/runs/a/ethanol")}, f"Command: `{cmd.format('/runs/a/ethanol')}`\nv1", markers)
+    report.write_results_block(md, {"command": cmd.format("/runs/a/ethanol")}, f"Command: `{cmd.format('/runs/a/ethanol')}`\nv2", markers)
+    text = md.read_text()
+    assert "v2" in text and "v1" not in text and text.count(markers[0]) == 1
+    with pytest.raises(SystemExit, match=r"--out \.\.\./a/ethanol, not of this grid \(--out \.\.\./b/ethanol\)"):
+        report.write_results_block(md, {"command": cmd.format("/runs/b/ethanol")}, "Command: `x`\nv3", markers)
+    assert md.read_text() == text  # nothing written
