@@ -107,8 +107,7 @@ def write_results_block(md: Path, summary: Dict[str, Any], table: str, markers: 
             raise SystemExit(f"{md}: its block {begin!r} holds the tables of --out .../{old}, not of this grid "
                              f"(--out .../{new}): give this grid an --out folder of another name, or pass "
                              "--results-md another file")
-    md.parent.mkdir(parents=True, exist_ok=True)
-    upsert_marked_block(md, begin, end, table)
+    upsert_marked_block(md, begin, end, table)  # creates md's folder when it appends
 
 
 #: What the opt-in arms (issue 12) are, for the tables' text (only the arms of a grid are named).
