@@ -195,6 +195,17 @@ def wall_time_text(summary: Dict[str, Any]) -> str:
     return f"Wall time of the runs {total:.1f} min in all (last invocation {last:.1f} min)"
 
 
+def seed_count_text(summary: Dict[str, Any]) -> str:
+    """The "mean ± sample std over N seeds" sentence, naming the cells that have fewer finished seeds than
+    the grid (an arm run by another process or still running), so no row claims seeds it does not have."""
+    n_grid = len(summary["seeds"])
+    short = [f"{strat} at N = {n}: {len(r.get('seeds', r.get('runs', [])))}"
+             for n in summary["labels"] for strat, r in summary["results"].get(str(n), {}).items()
+             if len(r.get("seeds", r.get("runs", []))) != n_grid]
+    text = f"Mean ± sample std over {n_grid} seeds"
+    return text + (f" (fewer where finished runs are missing — {'; '.join(short)})." if short else ".")
+
+
 def markdown(summary: Dict[str, Any]) -> str:
     m, b, z = summary["model"], summary["budgets"], summary["sizes"]
     E = b["finetune_epochs"]
@@ -213,7 +224,7 @@ def markdown(summary: Dict[str, Any]) -> str:
         "",
         f"Sizes: {pretrain_pool_text(summary)} ({b['pretrain_epochs']} epochs, batch "
         f"{b['pretrain_batch_size']}, lr {b['pretrain_lr']:g}); {ft_text}. {wall_time_text(summary)} "
-        f"({b['threads'] or 'default'} thread(s) per run). Mean ± sample std over {len(summary['seeds'])} seeds."
+        f"({b['threads'] or 'default'} thread(s) per run). {seed_count_text(summary)}"
         + (" " + extra_arms_text(summary) if extra_arms_text(summary) else ""),
     ]
     rows = [(n, strat) for n in summary["labels"] for strat in summary["strategies"]

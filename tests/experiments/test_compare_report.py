@@ -51,3 +51,14 @@ def test_results_block_of_another_out_folder_is_not_overwritten(report, tmp_path
     with pytest.raises(SystemExit, match=r"--out \.\.\./a/ethanol, not of this grid \(--out \.\.\./b/ethanol\)"):
         report.write_results_block(md, {"command": cmd.format("/runs/b/ethanol")}, "Command: `x`\nv3", markers)
     assert md.read_text() == text  # nothing written
+
+
+def test_seed_count_names_the_cells_with_fewer_seeds(report) -> None:
+    summary = {"seeds": [0, 1, 2, 3, 4], "labels": [16, 64],
+               "results": {"16": {"scratch": {"seeds": [0, 1, 2, 3, 4]}, "denoise": {"seeds": [0, 1, 2]}},
+                           "64": {"scratch": {"seeds": [0, 1, 2, 3, 4]}}}}
+    text = report.seed_count_text(summary)
+    assert text.startswith("Mean ± sample std over 5 seeds")
+    assert "denoise at N = 16: 3" in text and "scratch" not in text
+    summary["results"]["16"]["denoise"]["seeds"] = [0, 1, 2, 3, 4]
+    assert report.seed_count_text(summary) == "Mean ± sample std over 5 seeds."
