@@ -199,9 +199,9 @@ def seed_count_text(summary: Dict[str, Any]) -> str:
     """The "mean ± sample std over N seeds" sentence, naming the cells that have fewer finished seeds than
     the grid (an arm run by another process or still running), so no row claims seeds it does not have."""
     n_grid = len(summary["seeds"])
-    short = [f"{strat} at N = {n}: {len(r.get('seeds', r.get('runs', [])))}"
+    short = [f"{strat} at N = {n}: {len(r['seeds'])}"  # compare_summary.summarise writes every cell's seeds
              for n in summary["labels"] for strat, r in summary["results"].get(str(n), {}).items()
-             if len(r.get("seeds", r.get("runs", []))) != n_grid]
+             if len(r["seeds"]) != n_grid]
     text = f"Mean ± sample std over {n_grid} seeds"
     return text + (f" (fewer where finished runs are missing — {'; '.join(short)})." if short else ".")
 
