@@ -129,32 +129,11 @@ def banner(msg: str) -> None:
 
 
 def train(name: str, config: str, out: Path, overrides: List[str], init: Optional[Path] = None) -> Path:
-    from maskpot.training.cli import train_main
+    from maskpot.training.cli import train_stage
 
     run = out / "train" / name
     check_same_model(run, overrides)
-    info = run / "run.json"
-    if info.exists() and json.loads(info.read_text()).get("status") == "finished":
-        print(f"  {run} finished, skipping")
-        return run
-    argv = [str(CONFIGS / config), "--output", str(run)]
-    for o in overrides:
-        argv += ["--set", o]
-    if init is not None:
-        argv += ["--init", str(init)]
-    if (run / "last.pt").exists():
-        # resuming: the stored config holds; only what maskpot-train lets change on resume (the
-        # epochs of --epochs, the thread count) is passed on, so `--epochs N` extends or shortens it
-        from maskpot.training.cli import RESUME_MAY_CHANGE
-
-        argv = ["--resume", "--output", str(run)]
-        for o in overrides:
-            if o.split("=", 1)[0] in RESUME_MAY_CHANGE:
-                argv += ["--set", o]
-    banner(f"training {name}: maskpot-train {' '.join(argv)}")
-    if train_main(argv) != 0:
-        raise SystemExit(f"training {name} failed")
-    return run
+    return train_stage(CONFIGS / config, run, overrides, init, announce=banner)
 
 
 def md(argv: List[str], out_dir: Path) -> Dict[str, Any]:

@@ -121,24 +121,9 @@ def stage_data(out: Path, p: Dict[str, Any]) -> Dict[str, Path]:
 
 
 def train(name: str, config: str, out: Path, overrides: List[str], init: Optional[Path] = None) -> Path:
-    from maskpot.training.cli import train_main
+    from maskpot.training.cli import train_stage
 
-    run = out / "train" / name
-    if (run / "test_metrics.json").exists() or (run / "run.json").exists() and json.loads((run / "run.json").read_text()).get("status") == "finished":
-        print(f"  {run} finished, skipping")
-        return run
-    argv = [str(CONFIGS / config), "--output", str(run)]
-    for o in overrides:
-        argv += ["--set", o]
-    if init is not None:
-        argv += ["--init", str(init)]
-    if (run / "last.pt").exists():
-        argv = ["--resume", "--output", str(run)]
-    banner(f"training {name}: maskpot-train {' '.join(argv)}")
-    rc = train_main(argv)
-    if rc != 0:
-        raise SystemExit(f"training {name} failed (exit {rc})")
-    return run
+    return train_stage(CONFIGS / config, out / "train" / name, overrides, init, announce=banner)
 
 
 def stage_train(out: Path, p: Dict[str, Any], data: Dict[str, Path], compare: bool) -> Dict[str, Path]:

@@ -514,6 +514,49 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def run_finished(run: Path) -> bool:
+    """True when ``run`` holds a maskpot-train run that ran to its end (``run.json`` status)."""
+    info = Path(run) / "run.json"
+    if not info.is_file():
+        return False
+    try:
+        return json.loads(info.read_text()).get("status") == "finished"
+    except (OSError, ValueError):
+        return False
+
+
+def train_stage(config: Path, run: Path, overrides: Sequence[str] = (), init: Optional[Path] = None,
+                announce: Any = print) -> Path:
+    """One training stage of a pipeline (the examples): skip ``run`` when it finished, resume it
+    from its ``last.pt`` when it was interrupted, start it otherwise.
+
+    On resume the stored config holds; of ``overrides`` only the keys in ``RESUME_MAY_CHANGE``
+    (epochs, threads, progress, ...) are passed on, so rerunning with a larger ``train.epochs``
+    extends a run and a new thread count applies. ``announce`` gets one line per stage.
+    Raises ``SystemExit`` when maskpot-train fails (its message is already on stderr).
+    """
+    run = Path(run)
+    if run_finished(run):
+        announce(f"{run} finished, skipping")
+        return run
+    if (run / "last.pt").exists():
+        argv = ["--resume", "--output", str(run)]
+        for o in overrides:
+            if o.split("=", 1)[0] in RESUME_MAY_CHANGE:
+                argv += ["--set", o]
+    else:
+        argv = [str(config), "--output", str(run)]
+        for o in overrides:
+            argv += ["--set", o]
+        if init is not None:
+            argv += ["--init", str(init)]
+    announce(f"training {run.name}: maskpot-train {' '.join(argv)}")
+    rc = train_main(argv)
+    if rc != 0:
+        raise SystemExit(f"training {run} failed (maskpot-train exit {rc})")
+    return run
+
+
 # ------------------------------------------------------------------------------------------
 # maskpot-eval
 # ------------------------------------------------------------------------------------------

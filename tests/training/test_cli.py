@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import List
 
 import pytest
 import torch
@@ -146,3 +147,34 @@ def test_existing_run_needs_resume(water: Path, tmp_path: Path, capsys) -> None:
     assert "train.lr: 0.002 -> 0.1" in capsys.readouterr().err
     assert train_main(["--set", "output.dir=x"]) == 2  # no config file
     assert "config file is required" in capsys.readouterr().err
+
+
+def test_train_stage_starts_resumes_and_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The examples' stage runner: a fresh run gets every override and --init; an interrupted one
+    resumes with only the keys maskpot-train lets change; a finished one is not run again; a
+    failure stops the pipeline."""
+    import maskpot.training.cli as cli
+
+    seen: List[List[str]] = []
+    monkeypatch.setattr(cli, "train_main", lambda argv: seen.append(list(argv)) or 0)
+    run = tmp_path / "ft"
+    overrides = ["train.epochs=50", "train.num_threads=2", "model.cutoff=4.0"]
+    lines: List[str] = []
+
+    cli.train_stage(Path("cfg.yaml"), run, overrides, init=Path("pre/best.pt"), announce=lines.append)
+    assert seen[-1] == ["cfg.yaml", "--output", str(run), "--set", "train.epochs=50", "--set", "train.num_threads=2",
+                        "--set", "model.cutoff=4.0", "--init", str(Path("pre/best.pt"))]
+
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    (run / "run.json").write_text(json.dumps({"status": "interrupted"}))
+    cli.train_stage(Path("cfg.yaml"), run, overrides, init=Path("pre/best.pt"), announce=lines.append)
+    assert seen[-1] == ["--resume", "--output", str(run), "--set", "train.epochs=50", "--set", "train.num_threads=2"]
+
+    (run / "run.json").write_text(json.dumps({"status": "finished"}))
+    cli.train_stage(Path("cfg.yaml"), run, overrides, announce=lines.append)
+    assert len(seen) == 2 and "skipping" in lines[-1]
+
+    monkeypatch.setattr(cli, "train_main", lambda argv: 2)
+    with pytest.raises(SystemExit, match="failed"):
+        cli.train_stage(Path("cfg.yaml"), tmp_path / "other", overrides, announce=lines.append)
