@@ -30,7 +30,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -526,7 +526,7 @@ def run_finished(run: Path) -> bool:
 
 
 def train_stage(config: Path, run: Path, overrides: Sequence[str] = (), init: Optional[Path] = None,
-                announce: Any = print) -> Path:
+                announce: Callable[[str], None] = print) -> Path:
     """One training stage of a pipeline (the examples): skip ``run`` when it finished, resume it
     from its ``last.pt`` when it was interrupted, start it otherwise.
 
