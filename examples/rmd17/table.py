@@ -130,9 +130,10 @@ def _molecule_rows(rows: List[Dict[str, Any]]) -> List[str]:
         md = r["md"].get("md", {})
         status = f"{md.get('status')}, {md.get('steps_done')} steps" if md else "not run"
         tgt = TARGETS.get(r["molecule"])
+        threads = f" ({r['threads']} thread{'s' if int(r['threads']) > 1 else ''})" if r["threads"] else ""
         lines.append(f"| {r['molecule']} | **ours**: {r['model']} | **{r['energy_mae']:.1f}** | **{r['force_mae']:.1f}** | "
                      f"{'%g / %g' % tgt if tgt else '–'} | {r.get('loss', '')} | {r['epochs']} | {r['train_s'] / 60:.0f}"
-                     f"{' (%s thread%s)' % (r['threads'], 's' if int(r['threads']) > 1 else '') if r['threads'] else ''} | {r['params']} | {status} |")
+                     f"{threads} | {r['params']} | {status} |")
     mol = rows[0]["molecule"]
     for name, (e, f) in ANCHORS.get(mol, {}).items():
         lines.append(f"| {mol} | {name} (published) | {e} | {f} | | | | | | |")
