@@ -87,6 +87,8 @@ def _seed_text(cfg: Dict[str, Any]) -> str:
 
 
 def collect(out: Path) -> List[Dict[str, Any]]:
+    if not out.is_dir():
+        raise SystemExit(f"{out}: no such run folder (--out expects the --out of run.py --full)")
     rows = []
     # a molecule's folder: <molecule>, or <molecule>_seed<N> for run.py --seed N
     for mol_dir in sorted(p for p in out.iterdir() if p.is_dir()):

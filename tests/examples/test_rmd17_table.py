@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 TABLE = Path(__file__).parents[2] / "examples" / "rmd17" / "table.py"
 
 
@@ -111,3 +113,9 @@ def test_table_states_a_nonzero_weight_decay() -> None:
     assert table._recipe_text({"objective": {"loss_kind": "mse", "energy_weight": 1, "force_weight": 100},
                                "train": {"lr": 1e-3, "weight_decay": 0.01}}) == "MSE 1:100, lr 0.001, wd 0.01"
     assert table._recipe_text({"train": {"lr": 1e-3, "weight_decay": 0.0}}).endswith("lr 0.001")
+
+
+def test_missing_run_folder_is_named(tmp_path: Path) -> None:
+    table = _table_module()
+    with pytest.raises(SystemExit, match="nope: no such run folder"):
+        table.main(["--out", str(tmp_path / "nope")])
