@@ -209,11 +209,24 @@ class SpeciesEmbedding(nn.Module):
             )
         return idx
 
-    def forward(self, species_idx: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def forward(self, species_idx: Tensor, mask: Optional[Tensor], mask_numbers: Optional[Tensor] = None) -> Tensor:
+        """Embeddings [N, hidden]; ``mask`` [N] flags, ``mask_numbers`` [N] atomic numbers of the
+        removed atom each flagged atom points at (position masking; 0 = none)."""
         h = self.embedding(species_idx)
         if mask is not None:
-            h = h + mask.to(h.dtype).unsqueeze(-1) * self.mask_embedding
+            token = self.mask_embedding.unsqueeze(0)
+            if mask_numbers is not None:
+                # the removed atom's element as a token: its own species embedding, so no new
+                # parameters (checkpoints and exports keep their layout; fine-tuning sees no mask)
+                flagged = mask_numbers > 0
+                idx = self.species_index(torch.where(flagged, mask_numbers, self.first_species()))
+                token = token + self.embedding(idx) * flagged.to(h.dtype).unsqueeze(-1)
+            h = h + mask.to(h.dtype).unsqueeze(-1) * token
         return h
+
+    def first_species(self) -> Tensor:
+        """Atomic number of species 0 (a valid placeholder for lookups that are masked out)."""
+        return torch.nonzero(self.z_to_index == 0)[0, 0]
 
 
 class EnergyNormalization(nn.Module):
@@ -338,7 +351,10 @@ class PotentialBase(nn.Module):
         mask: Optional[Tensor] = None
         if "mask" in data:
             mask = data["mask"]
-        h0 = self.embedding(species_idx, mask)
+        mask_numbers: Optional[Tensor] = None
+        if "mask_numbers" in data:
+            mask_numbers = data["mask_numbers"]
+        h0 = self.embedding(species_idx, mask, mask_numbers)
         edge_index, edge_vec, _ = self.neighbors(positions, cell, pbc, batch)
         return positions, species_idx, h0, batch, n_graphs, edge_index, edge_vec
 
