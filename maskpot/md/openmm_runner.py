@@ -22,6 +22,12 @@ Outputs in ``out``:
 ``final.pdb``      last good structure
 =================  ===============================================================================
 
+:func:`run_openmm` reads as its steps: ``_run_info`` → ``_simulation`` → ``_resume`` or ``_prepare``
+→ ``_production`` (the OpenMM reporters of :mod:`maskpot.md.openmm_reporters` inside
+``Simulation.step``) → ``final.pdb`` / ``result.json``; the files common to both engines
+(``md.csv``, ``run.json``, ``result.json``, ``md.log``) are written by
+:class:`maskpot.md.run_files.MDRunFiles`, as for the ASE runner.
+
 The stability guard (:mod:`maskpot.md.guard`) checks every ``check_every`` steps and every
 frame before it is written, so files end at the last good frame; on failure
 :class:`~maskpot.md.guard.MDInstabilityError` is raised after the outputs are closed.
@@ -32,20 +38,21 @@ Units: the user-facing arguments are Å, fs, K, 1/ps; conversions use ``openmm.u
 
 from __future__ import annotations
 
-import csv
-import json
+import contextlib
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from maskpot.data.tip3p import kj_per_mol_to_ev
 from maskpot.md.guard import GuardSettings, MDInstabilityError, StabilityGuard, model_failure_reason, topology_bonds
-from maskpot.utils import PathLike, atomic_path, atomic_write_json, versions
+from maskpot.md.openmm_reporters import (CheckpointReporter, FrameReporter, GuardReporter, ProgressReporter,
+                                         degrees_of_freedom)
+from maskpot.md.run_files import CSV_COLUMNS, MDRunFiles, next_stop, settings_dict
+from maskpot.utils import PathLike, atomic_path, versions
 
 __all__ = [
     "MDSettings",
@@ -59,10 +66,6 @@ __all__ = [
     "kj_per_mol_to_ev",
 ]
 
-CSV_COLUMNS = [
-    "step", "time_ps", "potential_eV", "kinetic_eV", "total_eV",
-    "potential_kJmol", "kinetic_kJmol", "total_kJmol", "temperature_K", "speed_ns_per_day",
-]
 #: liquid water density used for default box sizes, g/cm³
 WATER_DENSITY = 0.997
 
@@ -209,32 +212,12 @@ def tip3p_system(topology, cutoff: Optional[float] = None):
 # --------------------------------------------------------------------------------------------
 
 
-class _Log:
-    def __init__(self, path: Path, echo: bool = False):
-        self.path = path
-        self.echo = echo
-
-    def __call__(self, msg: str) -> None:
-        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
-        with open(self.path, "a") as fh:
-            fh.write(line + "\n")
-        if self.echo:
-            print(msg, flush=True)
+#: output files of an OpenMM run besides md.csv / run.json / result.json / md.log
+OPENMM_FILES = {"traj": "traj.dcd", "chk": "checkpoint.chk", "top": "topology.pdb", "final": "final.pdb"}
 
 
-def _dof(system) -> int:
-    import openmm
-
-    from openmm import unit
-
-    n = sum(1 for i in range(system.getNumParticles()) if system.getParticleMass(i).value_in_unit(unit.dalton) > 0)
-    dof = 3 * n - system.getNumConstraints()
-    if any(isinstance(system.getForce(i), openmm.CMMotionRemover) for i in range(system.getNumForces())):
-        dof -= 3
-    return max(dof, 1)
-
-
-def _box_angstrom(topology) -> Optional[np.ndarray]:
+def _box_angstrom(topology: Any) -> Optional[np.ndarray]:
+    """The topology's periodic box vectors as rows, Å [3, 3]; ``None`` without a box."""
     from openmm import unit
 
     vecs = topology.getPeriodicBoxVectors()
@@ -243,38 +226,17 @@ def _box_angstrom(topology) -> Optional[np.ndarray]:
     return np.asarray([list(v.value_in_unit(unit.angstrom)) for v in vecs], dtype=np.float64)
 
 
-def open_csv_log(path: Path, resuming: bool):
-    """Open the MD log CSV for appending (header written only when starting a new file).
+def _write_pdb(path: Path, topology: Any, sim: Any) -> None:
+    """The simulation's current (unwrapped) structure as a PDB, atomically."""
+    from openmm import app
 
-    Returns (file handle, csv writer); shared by the OpenMM and ASE runners.
-    """
-    new = not (resuming and path.exists())
-    fh = open(path, "a", newline="")
-    writer = csv.writer(fh)
-    if new:
-        writer.writerow(CSV_COLUMNS)
-        fh.flush()
-    return fh, writer
-
-
-def _truncate_csv(path: Path, last_step: int) -> int:
-    """Keep rows with step <= last_step; return how many rows remain."""
-    if not path.exists():
-        return 0
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        return 0
-    header, body = rows[0], [r for r in rows[1:] if r and int(float(r[0])) <= last_step]
+    st = sim.context.getState(getPositions=True, enforcePeriodicBox=False)
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            w.writerows(body)
-    return len(body)
+        with open(tmp, "w") as fh:
+            app.PDBFile.writeFile(topology, st.getPositions(), fh, keepIds=True)
 
 
-def _truncate_dcd(path: Path, topology, n_keep: int, dt_ps: float, interval: int) -> int:
+def _truncate_dcd(path: Path, topology: Any, n_keep: int, dt_ps: float, interval: int) -> int:
     """Keep the first ``n_keep`` frames of a DCD (rewritten atomically); return frames kept."""
     import mdtraj
     from openmm import unit
@@ -295,7 +257,20 @@ def _truncate_dcd(path: Path, topology, n_keep: int, dt_ps: float, interval: int
     return n_keep
 
 
-def _platform(name: Optional[str], threads: Optional[int]):
+@contextlib.contextmanager
+def _dcd_trajectory(path: Path, topology: Any, dt_ps: float, interval: int, resuming: bool) -> Iterator[Tuple[Any, IO[bytes]]]:
+    """``(openmm.app.DCDFile, file)`` writing ``path``: appended to when resuming a non-empty
+    file, else started with a header (first step 0, ``interval`` steps between frames)."""
+    from openmm import app, unit
+
+    exists = resuming and path.exists()
+    with open(path, "r+b" if exists else "wb") as fh:
+        append = exists and path.stat().st_size > 0
+        yield app.DCDFile(fh, topology, dt_ps * unit.picosecond, 0, interval, append=append), fh
+
+
+def _platform(name: Optional[str], threads: Optional[int]) -> Tuple[Any, Dict[str, str]]:
+    """The OpenMM platform (by name, default the fastest) and its properties (CPU threads)."""
     from maskpot.data.tip3p import select_platform
 
     plat = select_platform(name)
@@ -305,9 +280,173 @@ def _platform(name: Optional[str], threads: Optional[int]):
     return plat, props
 
 
+def _run_info(topology: Any, system: Any, s: MDSettings, files: MDRunFiles, dt_ps: float,
+              metadata: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The contents of ``run.json``: settings, frame interval (ps), forces, file names, versions."""
+    return {
+        "settings": settings_dict(s),
+        "n_atoms": topology.getNumAtoms(),
+        "frame_interval_ps": s.report_every * dt_ps,
+        "first_frame_time_ps": 0.0,
+        "timestep_ps": dt_ps,
+        "periodic": topology.getPeriodicBoxVectors() is not None,
+        "forces": [system.getForce(i).getName() for i in range(system.getNumForces())],
+        "trajectory": files.paths["traj"].name,
+        "topology": files.paths["top"].name,
+        "positions_wrapped": False,
+        "versions": versions(),
+        **(metadata or {}),
+    }
+
+
+def _simulation(topology: Any, system: Any, s: MDSettings) -> Tuple[Any, str]:
+    """``(openmm.app.Simulation, platform name)``: LangevinMiddle (NVT, seeded) or Verlet (NVE)."""
+    import openmm
+    from openmm import app, unit
+
+    dt = s.timestep * unit.femtosecond
+    if s.ensemble == "nvt":
+        integrator = openmm.LangevinMiddleIntegrator(s.temperature * unit.kelvin, s.friction / unit.picosecond, dt)
+        integrator.setRandomNumberSeed(int(np.random.SeedSequence([s.seed, 17]).generate_state(1)[0] % (2**31 - 2)) + 1)
+    else:
+        integrator = openmm.VerletIntegrator(dt)
+    plat, props = _platform(s.platform, s.threads)
+    return app.Simulation(topology, system, integrator, plat, props), plat.getName()
+
+
+def _resume(sim: Any, topology: Any, files: MDRunFiles, s: MDSettings, dt_ps: float) -> int:
+    """Load the checkpoint, cut ``md.csv`` and the DCD back to its step; return that step."""
+    from openmm import unit
+
+    sim.loadCheckpoint(str(files.paths["chk"]))
+    step0 = int(round(sim.context.getTime().value_in_unit(unit.picosecond) / dt_ps))
+    sim.currentStep = step0
+    rows = files.truncate_table(step0)
+    n_frames = _truncate_dcd(files.paths["traj"], topology, step0 // s.report_every + 1, dt_ps, s.report_every)
+    files.log(f"resumed from {files.paths['chk']} at step {step0} ({rows} log rows, {n_frames} frames kept)")
+    files.result["resumed_from_step"] = step0
+    return step0
+
+
+def _prepare(sim: Any, topology: Any, positions: np.ndarray, files: MDRunFiles, s: MDSettings, platform: str,
+             forces: List[str]) -> None:
+    """A fresh run's step 0: set positions, minimise, draw velocities, equilibrate (not
+    recorded), reset the clock to step 0 and write ``topology.pdb``.
+
+    A model failure on the way is an unstable run (``result.json`` written, then raised)."""
+    import openmm
+    from openmm import unit
+
+    ev = kj_per_mol_to_ev()
+
+    def potential_ev() -> float:
+        return sim.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) * ev
+
+    sim.context.setPositions(positions * unit.angstrom)
+    files.log(f"{topology.getNumAtoms()} atoms, forces {forces}, platform {platform}; "
+              f"initial E_pot = {potential_ev():.4f} eV")
+    phase = "minimisation"
+    try:
+        if s.minimize_iterations > 0:
+            t0 = time.perf_counter()
+            openmm.LocalEnergyMinimizer.minimize(
+                sim.context, s.minimize_tolerance * unit.kilojoule_per_mole / unit.nanometer, s.minimize_iterations)
+            files.log(f"minimised ({s.minimize_iterations} iterations max) in {time.perf_counter() - t0:.1f} s: "
+                      f"E_pot = {potential_ev():.4f} eV")
+        sim.context.setVelocitiesToTemperature(s.temperature * unit.kelvin, s.seed + 1)
+        phase = "equilibration"
+        if s.equilibration_steps > 0:
+            files.log(f"equilibrating {s.equilibration_steps} steps (not recorded)")
+            sim.step(s.equilibration_steps)
+    except Exception as exc:  # the model failed before production: the run is unstable
+        reason = model_failure_reason(exc)
+        if reason is None:
+            raise
+        raise files.fail_before_production(f"{reason} (during {phase})") from exc
+    # production starts at step 0, t = 0 (the reporters and the checkpoint count from there)
+    sim.context.setTime(0.0)
+    sim.currentStep = 0
+    _write_pdb(files.paths["top"], topology, sim)
+
+
+def _guard(topology: Any, positions: np.ndarray, s: MDSettings) -> StabilityGuard:
+    """The stability guard, reference bond lengths from the starting structure (also on resume)."""
+    periodic = topology.getPeriodicBoxVectors() is not None
+    symbols = [a.element.symbol if a.element is not None else a.name for a in topology.atoms()]
+    return StabilityGuard(bonds=topology_bonds(topology), reference_positions=positions,
+                          target_temperature=s.temperature, settings=s.guard, symbols=symbols,
+                          cell=_box_angstrom(topology), pbc=np.ones(3, bool) if periodic else None)
+
+
+def _production(sim: Any, topology: Any, system: Any, guard: StabilityGuard, files: MDRunFiles, s: MDSettings,
+                step0: int, dt_ps: float) -> None:
+    """Steps ``step0`` → ``s.steps`` with the reporters; frame 0 (and its checkpoint) on fresh runs.
+
+    On instability the outputs are closed at the last good frame, ``result.json`` is written and
+    :class:`MDInstabilityError` raised."""
+    from tqdm.auto import tqdm
+
+    from maskpot.utils import progress_wanted
+
+    ckpt_every = s.checkpoint_every or 10 * s.report_every
+    stops = (s.guard.check_every, s.report_every, ckpt_every)
+    periodic = topology.getPeriodicBoxVectors() is not None
+    dof = degrees_of_freedom(system)
+    check = GuardReporter(guard, stops, dof, periodic, dt_ps, last_good_step=step0 if files.resuming else None)
+    try:
+        with _dcd_trajectory(files.paths["traj"], topology, dt_ps, s.report_every, files.resuming) as (dcd, dcd_fh), \
+                files.energy_table("kJ/mol", dt_ps, step0) as table, \
+                tqdm(total=s.steps, initial=step0, desc=f"MD {files.out.name}", unit="step",
+                     disable=not progress_wanted(s.progress), dynamic_ncols=True) as bar:
+            frames = FrameReporter(dcd, dcd_fh, table, s.report_every, dof, periodic)
+            checkpoint = CheckpointReporter(files.paths["chk"], ckpt_every)
+            progress = ProgressReporter(bar, stops, s.report_every, s.steps, table, s.progress)
+            if not files.resuming:
+                state = sim.context.getState(getPositions=True, getEnergy=True, enforcePeriodicBox=False)
+                check.report(sim, state)
+                frames.report(sim, state)
+                if s.steps > 0:
+                    checkpoint.save(sim)
+            sim.reporters = [check, frames, checkpoint, progress]
+            try:
+                _advance(sim, s.steps, check, checkpoint, progress, stops, dt_ps)
+            finally:
+                sim.reporters = []
+    except MDInstabilityError as exc:
+        n_frames = (check.last_good_step // s.report_every + 1) if check.last_good_step is not None else 0
+        files.fail(exc, check.last_good_step, step0, dt_ps, frame_note=f" (frame {n_frames - 1})")
+        raise
+
+
+def _advance(sim: Any, end: int, check: GuardReporter, checkpoint: CheckpointReporter, progress: ProgressReporter,
+             stops: Sequence[int], dt_ps: float) -> None:
+    """``Simulation.step`` up to ``end`` (the reporters run inside), then check and checkpoint
+    ``end`` itself when it is not one of the stops. A model failure while stepping is an
+    instability at the next stop after the last good one."""
+    start = sim.currentStep
+    if start >= end:
+        return
+    try:
+        sim.step(end - start)
+        if all(end % n for n in stops):  # the last step is not a stop: check it here
+            state = sim.context.getState(getPositions=True, getEnergy=True, enforcePeriodicBox=False)
+            check.report(sim, state)
+            progress.report(sim, state)
+    except MDInstabilityError:
+        raise
+    except Exception as exc:  # the model failed between two guard checks
+        reason = model_failure_reason(exc)
+        if reason is None:
+            raise
+        failed = next_stop(check.last_good_step if check.last_good_step is not None else start, end, stops)
+        raise MDInstabilityError(failed, reason, failed * dt_ps) from exc
+    if end % checkpoint.every:
+        checkpoint.save(sim)
+
+
 def run_openmm(
-    topology,
-    system,
+    topology: Any,
+    system: Any,
     positions: np.ndarray,
     out: PathLike,
     settings: Optional[MDSettings] = None,
@@ -316,6 +455,11 @@ def run_openmm(
     echo: bool = True,
 ) -> Dict[str, Any]:
     """Minimise (fresh runs), then run NVT (LangevinMiddle) or NVE (Verlet) MD with reports.
+
+    The steps: check the settings; open the output folder (:class:`MDRunFiles`) and write
+    ``run.json``; build the Simulation; resume from the checkpoint or prepare step 0
+    (minimise, velocities, equilibration); run production with the reporters of
+    :mod:`maskpot.md.openmm_reporters`; write ``final.pdb`` and ``result.json``.
 
     Args:
         topology: OpenMM Topology (its box, if any, is the periodic box).
@@ -332,228 +476,23 @@ def run_openmm(
         the ``result.json`` dict. Raises :class:`MDInstabilityError` (after writing the outputs
         up to the last good frame and ``result.json``) when the guard trips.
     """
-    import openmm
-    from openmm import app, unit
-    from tqdm.auto import tqdm
-
-    from maskpot.utils import progress_wanted
+    from openmm import unit
 
     s = settings or MDSettings()
     s.validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / v for k, v in dict(traj="traj.dcd", csv="md.csv", chk="checkpoint.chk", run="run.json",
-                                          result="result.json", log="md.log", top="topology.pdb",
-                                          final="final.pdb").items()}
-    ckpt_every = s.checkpoint_every or 10 * s.report_every
-    ev = kj_per_mol_to_ev()
-    dt = s.timestep * unit.femtosecond
-    dt_ps = dt.value_in_unit(unit.picosecond)
-    frame_ps = s.report_every * dt_ps
-    n_atoms = topology.getNumAtoms()
-    positions = np.asarray(positions, dtype=np.float64).reshape(n_atoms, 3)
+    dt_ps = (s.timestep * unit.femtosecond).value_in_unit(unit.picosecond)
+    positions = np.asarray(positions, dtype=np.float64).reshape(topology.getNumAtoms(), 3)
 
-    resuming = resume and paths["chk"].exists()
-    if not resuming:
-        for key in ("traj", "csv", "chk", "result", "log", "final"):
-            if paths[key].exists():
-                paths[key].unlink()
-    log = _Log(paths["log"], echo)
-
-    run_info = {
-        "settings": {**{k: v for k, v in asdict(s).items() if k != "guard"}, "guard": asdict(s.guard)},
-        "n_atoms": n_atoms,
-        "frame_interval_ps": frame_ps,
-        "first_frame_time_ps": 0.0,
-        "timestep_ps": dt_ps,
-        "periodic": topology.getPeriodicBoxVectors() is not None,
-        "forces": [system.getForce(i).getName() for i in range(system.getNumForces())],
-        "trajectory": paths["traj"].name,
-        "topology": paths["top"].name,
-        "positions_wrapped": False,
-        "versions": versions(),
-        **(metadata or {}),
-    }
-    if resuming and paths["run"].exists():
-        old = json.loads(paths["run"].read_text())
-        for key in ("n_atoms", "frame_interval_ps"):
-            if old.get(key) != run_info[key]:
-                raise ValueError(f"--resume: {key} = {run_info[key]} differs from the run in {out} ({old.get(key)}); "
-                                 "use the same settings or a new --out")
-        for key in ("timestep", "report_every", "ensemble"):
-            if old["settings"].get(key) != run_info["settings"][key]:
-                raise ValueError(f"--resume: {key} = {run_info['settings'][key]} differs from the run in {out} "
-                                 f"({old['settings'].get(key)}); use the same settings or a new --out")
-    atomic_write_json(paths["run"], run_info)
-
-    if s.ensemble == "nvt":
-        integrator = openmm.LangevinMiddleIntegrator(s.temperature * unit.kelvin, s.friction / unit.picosecond, dt)
-        integrator.setRandomNumberSeed(int(np.random.SeedSequence([s.seed, 17]).generate_state(1)[0] % (2**31 - 2)) + 1)
-    else:
-        integrator = openmm.VerletIntegrator(dt)
-    plat, props = _platform(s.platform, s.threads)
-    sim = app.Simulation(topology, system, integrator, plat, props)
-    dof = _dof(system)
-    gas = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
-    periodic = topology.getPeriodicBoxVectors() is not None
-    symbols = [a.element.symbol if a.element is not None else a.name for a in topology.atoms()]
-    bonds = topology_bonds(topology)
-
-    def snapshot(step: int):
-        st = sim.context.getState(getPositions=True, getEnergy=True, enforcePeriodicBox=False)
-        pos = np.asarray(st.getPositions(asNumpy=True).value_in_unit(unit.angstrom))
-        pe = st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-        ke = st.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
-        cell = np.asarray(st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)) if periodic else None
-        temp = 2.0 * ke / (dof * gas)
-        return st, pos, pe, ke, cell, temp
-
-    t_start = time.perf_counter()
-    result: Dict[str, Any] = {"status": "running", "out": str(out)}
-    if resuming:
-        sim.loadCheckpoint(str(paths["chk"]))
-        step0 = int(round(sim.context.getTime().value_in_unit(unit.picosecond) / dt_ps))
-        sim.currentStep = step0
-        rows = _truncate_csv(paths["csv"], step0)
-        n_frames = _truncate_dcd(paths["traj"], topology, step0 // s.report_every + 1, dt_ps, s.report_every)
-        log(f"resumed from {paths['chk']} at step {step0} ({rows} log rows, {n_frames} frames kept)")
-        result["resumed_from_step"] = step0
+    files = MDRunFiles(out, OPENMM_FILES, resume, echo)
+    run_info = _run_info(topology, system, s, files, dt_ps, metadata)
+    files.write_run_info(run_info, resume_keys=("n_atoms", "frame_interval_ps"))
+    sim, platform = _simulation(topology, system, s)
+    files.start_clock()
+    if files.resuming:
+        step0 = _resume(sim, topology, files, s, dt_ps)
     else:
         step0 = 0
-        sim.context.setPositions(positions * unit.angstrom)
-        e_init = sim.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-        log(f"{n_atoms} atoms, forces {run_info['forces']}, platform {plat.getName()}; "
-            f"initial E_pot = {e_init * ev:.4f} eV")
-        phase = "minimisation"
-        try:
-            if s.minimize_iterations > 0:
-                t0 = time.perf_counter()
-                openmm.LocalEnergyMinimizer.minimize(
-                    sim.context, s.minimize_tolerance * unit.kilojoule_per_mole / unit.nanometer, s.minimize_iterations)
-                e_min = sim.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-                log(f"minimised ({s.minimize_iterations} iterations max) in {time.perf_counter() - t0:.1f} s: "
-                    f"E_pot = {e_min * ev:.4f} eV")
-            sim.context.setVelocitiesToTemperature(s.temperature * unit.kelvin, s.seed + 1)
-            phase = "equilibration"
-            if s.equilibration_steps > 0:
-                log(f"equilibrating {s.equilibration_steps} steps (not recorded)")
-                sim.step(s.equilibration_steps)
-        except Exception as exc:  # the model failed before production: the run is unstable
-            reason = model_failure_reason(exc)
-            if reason is None:
-                raise
-            reason = f"{reason} (during {phase})"
-            result.update(status="unstable", failed_step=0, failed_time_ps=0.0, reason=reason, last_good_step=None,
-                          steps_done=0, message=reason, wall_seconds=time.perf_counter() - t_start)
-            log(f"STOPPED: {reason}")
-            atomic_write_json(paths["result"], result)
-            raise MDInstabilityError(0, reason) from exc
-            sim.context.setTime(0.0)
-            sim.context.setStepCount(0)
-            sim.currentStep = 0
-        st = sim.context.getState(getPositions=True, enforcePeriodicBox=False)
-        with open(paths["top"], "w") as fh:
-            app.PDBFile.writeFile(topology, st.getPositions(), fh, keepIds=True)
-
-    # reference bond lengths from the starting structure (same topology on resume)
-    guard = StabilityGuard(bonds=bonds, reference_positions=positions, target_temperature=s.temperature,
-                           settings=s.guard, symbols=symbols,
-                           cell=_box_angstrom(topology), pbc=np.ones(3, bool) if periodic else None)
-
-    traj_fh = open(paths["traj"], "r+b" if resuming and paths["traj"].exists() else "wb")
-    dcd = app.DCDFile(traj_fh, topology, dt, 0, s.report_every, append=resuming and paths["traj"].stat().st_size > 0)
-    csv_fh, writer = open_csv_log(paths["csv"], resuming)
-
-    last = {"wall": time.perf_counter(), "step": step0, "good_step": step0 if resuming else None}
-
-    def record(step: int, write: bool) -> None:
-        st, pos, pe, ke, cell, temp = snapshot(step)
-        guard.check(step, pos, cell, np.ones(3, bool) if periodic else None, pe * ev, temp, step * dt_ps)
-        last["good_step"] = step
-        if write:
-            now = time.perf_counter()
-            steps_done = step - last["step"]
-            speed = (steps_done * dt.value_in_unit(unit.nanosecond)) / ((now - last["wall"]) / 86400.0) if steps_done > 0 and now > last["wall"] else float("nan")
-            last["wall"], last["step"] = now, step
-            dcd.writeModel(pos * unit.angstrom, periodicBoxVectors=(cell * unit.angstrom) if cell is not None else None)
-            traj_fh.flush()
-            writer.writerow([step, f"{step * dt_ps:.6f}", f"{pe * ev:.8f}", f"{ke * ev:.8f}", f"{(pe + ke) * ev:.8f}",
-                             f"{pe:.6f}", f"{ke:.6f}", f"{pe + ke:.6f}", f"{temp:.4f}", f"{speed:.4f}"])
-            csv_fh.flush()
-
-    def checkpoint() -> None:
-        with atomic_path(paths["chk"]) as tmp:
-            with open(tmp, "wb") as fh:
-                sim.saveCheckpoint(fh)
-
-    step = step0
-    bar = tqdm(total=s.steps, initial=step0, desc=f"MD {out.name}", unit="step", disable=not progress_wanted(s.progress),
-               dynamic_ncols=True)
-    try:
-        if not resuming:
-            record(0, True)
-            if s.steps > 0:
-                checkpoint()
-        check_every = s.guard.check_every
-        while step < s.steps:
-            nxt = min(s.steps, (step // check_every + 1) * check_every, (step // s.report_every + 1) * s.report_every,
-                      (step // ckpt_every + 1) * ckpt_every)
-            try:
-                sim.step(nxt - step)
-            except Exception as exc:  # the model failed between two guard checks
-                reason = model_failure_reason(exc)
-                if reason is None:
-                    raise
-                raise MDInstabilityError(nxt, reason, nxt * dt_ps) from exc
-            bar.update(nxt - step)
-            step = nxt
-            report = step % s.report_every == 0 or step == s.steps
-            if report or step % check_every == 0 or step % ckpt_every == 0:
-                record(step, report and step % s.report_every == 0)
-            if step % ckpt_every == 0 or step == s.steps:
-                checkpoint()
-            if report and s.progress:
-                bar.set_postfix_str(f"T={_last_temp(paths['csv'])}")
-    except MDInstabilityError as exc:
-        bar.close()
-        dcd_frames = (last["good_step"] // s.report_every + 1) if last["good_step"] is not None else 0
-        result.update(status="unstable", failed_step=exc.step, failed_time_ps=exc.step * dt_ps, reason=exc.reason,
-                      last_good_step=last["good_step"], steps_done=last["good_step"] or 0,
-                      message=str(exc), wall_seconds=time.perf_counter() - t_start)
-        good = (last["good_step"] or 0) - step0
-        if good > 0:
-            result["speed_ns_per_day"] = good * dt.value_in_unit(unit.nanosecond) / (result["wall_seconds"] / 86400.0)
-        log(f"STOPPED: {exc}; trajectory kept up to step {last['good_step']} (frame {dcd_frames - 1})")
-        traj_fh.close()
-        csv_fh.close()
-        atomic_write_json(paths["result"], result)
-        raise
-    except BaseException:
-        bar.close()
-        traj_fh.close()
-        csv_fh.close()
-        raise
-    bar.close()
-    traj_fh.close()
-    csv_fh.close()
-    st = sim.context.getState(getPositions=True, enforcePeriodicBox=False)
-    with atomic_path(paths["final"]) as tmp:
-        with open(tmp, "w") as fh:
-            app.PDBFile.writeFile(topology, st.getPositions(), fh, keepIds=True)
-    wall = time.perf_counter() - t_start
-    done = s.steps - step0
-    result.update(status="ok", steps_done=s.steps, wall_seconds=wall,
-                  speed_ns_per_day=(done * dt.value_in_unit(unit.nanosecond)) / (wall / 86400.0) if done > 0 and wall > 0 else None)
-    log(f"finished {s.steps} steps ({s.steps * dt_ps:.3f} ps) in {wall:.1f} s")
-    atomic_write_json(paths["result"], result)
-    return result
-
-
-def _last_temp(path: Path) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, os.path.getsize(path) - 400))
-            line = fh.read().decode().strip().splitlines()[-1]
-        return f"{float(line.split(',')[8]):.0f}K"
-    except Exception:
-        return "?"
+        _prepare(sim, topology, positions, files, s, platform, run_info["forces"])
+    _production(sim, topology, system, _guard(topology, positions, s), files, s, step0, dt_ps)
+    _write_pdb(files.paths["final"], topology, sim)
+    return files.finish(s.steps, step0, dt_ps)

@@ -91,3 +91,15 @@ def test_ase_smoke_and_resume(tmp_path, toy_model):
     assert len(frames) == 7 and frames[-1].info["step"] == 30
     assert md_main(base + ["--steps", "20", "--ensemble", "nve", "--out", str(tmp_path / "nve")]) == 0
     assert analyze_main([str(tmp_path / "nve" / "traj.extxyz"), "--out", str(tmp_path / "ana")]) == 0
+
+
+def test_openmm_resume_after_equilibration_counts_from_step_zero(tmp_path, toy_model):
+    """Equilibration is not recorded: production (and the checkpoint's clock) starts at step 0,
+    so a resumed run continues at the checkpoint's production step."""
+    out = tmp_path / "run"
+    base = ["openmm", "--model", str(toy_model), "--water", "27", "--report-every", "10", "--checkpoint-every", "20",
+            "--platform", "Reference", "--minimize", "0", "--equilibrate", "7", "--out", str(out), "--no-progress"]
+    assert md_main(base + ["--steps", "20"]) == 0
+    assert md_main(base + ["--steps", "30", "--resume"]) == 0
+    assert json.loads((out / "result.json").read_text())["resumed_from_step"] == 20
+    assert [int(r["step"]) for r in _rows(out / "md.csv")] == [0, 10, 20, 30]
