@@ -62,6 +62,13 @@ __all__ = [
     "MaskWater",
     "MaskElements",
     "MaskElementsReference",
+    "MaskPositions",
+    "MaskAndNoise",
+    "MASK_NUMBERS_KEY",
+    "NOISE_VECTORS_KEY",
+    "NOISE_WEIGHT_KEY",
+    "PRETEXT_TASKS",
+    "JOINT_MASKS",
     "MASK_VARIANTS",
     "Denoise",
     "build_transform",
@@ -71,13 +78,24 @@ __all__ = [
 MASK_KEY = "mask"
 TARGET_VECTORS_KEY = "target_vectors"
 TARGET_WEIGHT_KEY = "target_weight"
+#: Atomic number of the removed atom each flagged atom points at (0 = none): position masking
+#: keeps the masked atom's element as a token (a model input, like ``mask``).
+MASK_NUMBERS_KEY = "mask_numbers"
+#: Denoising targets of the joint objective (beside the masking targets of the same frame).
+NOISE_VECTORS_KEY = "noise_vectors"
+NOISE_WEIGHT_KEY = "noise_weight"
 #: Keys of the extras dict returned by the pretraining transforms.
 EXTRA_KEYS: Tuple[str, ...] = (MASK_KEY, TARGET_VECTORS_KEY, TARGET_WEIGHT_KEY)
 
 #: Config keys read by :func:`build_transform`.
 TRANSFORM_CONFIG_KEYS: Tuple[str, ...] = (
     "mask_ratio", "mask_elements", "mask_radius", "mask_variant", "noise_sigma", "denoise_target",
+    "joint_mask",
 )
+#: Tasks :func:`build_transform` knows (``identity`` / ``finetune`` are aliases of energy_force).
+PRETEXT_TASKS: Tuple[str, ...] = ("mask", "mask_position", "denoise", "joint")
+#: Masking tasks the joint objective can pair with denoising (``joint_mask``).
+JOINT_MASKS: Tuple[str, ...] = ("mask_position", "mask")
 #: Values of ``mask_variant``: element masking with local flagged targets (:class:`MaskElements`)
 #: or the reference code's every-atom, farthest-hole targets (:class:`MaskElementsReference`).
 MASK_VARIANTS: Tuple[str, ...] = ("local", "reference")
@@ -430,12 +448,133 @@ class MaskElementsReference(Transform):
         return new, {TARGET_VECTORS_KEY: target, TARGET_WEIGHT_KEY: weight}
 
 
-def _to_removed(sample: Sample, kept: np.ndarray, removed: np.ndarray, farthest: bool) -> Tuple[np.ndarray, np.ndarray]:
+class MaskPositions(Transform):
+    """Position masking (``task: mask_position``): remove whole atoms of any element and let
+    their neighbours recover *where* they were, direction and distance.
+
+    Per call:
+
+    1. every atom whose atomic number is in ``elements`` (``None`` = every element) is removed
+       independently with probability ``ratio``; at least one is removed when candidates exist,
+       never all atoms of the frame (as :class:`MaskElements`);
+    2. each kept atom finds its nearest removed atom (minimum image when periodic); kept atoms
+       within ``radius`` Å of it are flagged (``mask = 1``, ``target_weight = 1``);
+    3. a flagged atom's target is the full displacement FROM it TO that removed atom, in Å (not a
+       unit vector: the distance is part of the task), and ``mask_numbers`` carries the removed
+       atom's atomic number — its element is kept as a token, its position is what is masked
+       (EMPP, An et al., ICLR 2025). Unflagged atoms get 0 targets and ``mask_numbers = 0``.
+
+    Why this target and not EMPP's distributions over a radial grid and sphere points: maskpot's
+    pretext output is the model's own per-atom vector (``forces``; for energy-centric models
+    -dE/dr), so what is learned lives in the energy network that fine-tuning keeps, and a vector
+    is rotation-equivariant by construction. A grid/sphere classifier would need a new head that
+    fine-tuning throws away. The distance is scored separately from the direction
+    (:func:`maskpot.training.objectives.position_loss`: 1 - global cosine + weighted squared
+    error of the length), which is the "equivariant vector + radial head" form: the vector's
+    length is the radial prediction. The nearest-hole assignment keeps the target single-valued.
+
+    Why it is harder than :class:`MaskElements` (whose direction a geometry rule reads off the
+    open valence): heavy atoms are masked too (a C seen from its other neighbours), the flag
+    radius (3 Å by default) reaches second neighbours and hydrogen-bond partners, which have no
+    open valence pointing at the hole, and the distance must be right, not only the direction.
+
+    The returned sample has ``energy = forces = None``.
+    """
+
+    extra_keys: Tuple[str, ...] = (MASK_KEY, MASK_NUMBERS_KEY, TARGET_VECTORS_KEY, TARGET_WEIGHT_KEY)
+
+    def __init__(self, elements: Union[None, int, str, Sequence[Union[int, str]]] = None, ratio: float = 0.15,
+                 radius: float = 3.0) -> None:
+        self.elements = None if elements is None else parse_elements(elements, "MaskPositions elements")
+        self.ratio = _check_ratio(ratio, "MaskPositions ratio")
+        if not (float(radius) > 0 and math.isfinite(float(radius))):
+            raise ValueError(f"MaskPositions radius: expected a positive length in Å, got {radius!r}")
+        self.radius = float(radius)
+
+    def __call__(self, sample: Sample, rng: Optional[np.random.Generator] = None) -> Tuple[Sample, Extras]:
+        rng = _rng(rng)
+        n = sample.n_atoms
+        cand = np.arange(n) if self.elements is None else np.flatnonzero(np.isin(sample.numbers, self.elements))
+        draw = rng.random(cand.size) < self.ratio
+        if cand.size and not draw.any():
+            draw[rng.integers(cand.size)] = True
+        removed = cand[draw]
+        if removed.size and removed.size == n:
+            removed = np.delete(removed, rng.integers(removed.size))
+        keep = np.ones(n, dtype=bool)
+        keep[removed] = False
+        kept = np.flatnonzero(keep)
+        mask = np.zeros(kept.size, dtype=np.float32)
+        numbers = np.zeros(kept.size, dtype=np.int64)
+        target = np.zeros((kept.size, 3), dtype=np.float64)
+        if removed.size:
+            vec, dist, j = _to_removed(sample, kept, removed, farthest=False, with_index=True)
+            close = dist <= self.radius
+            if close.any() and float(dist[close].min()) < _MIN_LENGTH:
+                raise ValueError(f"{_frame_name(sample)}: MaskPositions: two atoms coincide, the target is undefined")
+            mask[close] = 1.0
+            numbers[close] = sample.numbers[removed[j[close]]]
+            target[close] = vec[close]
+        new = _subset(sample, keep, sample.molecule)
+        return new, {MASK_KEY: mask, MASK_NUMBERS_KEY: numbers, TARGET_VECTORS_KEY: target,
+                     TARGET_WEIGHT_KEY: mask.copy()}
+
+
+class MaskAndNoise(Transform):
+    """Joint masking + denoising in one frame (``task: joint``): mask first, then noise.
+
+    ``masking`` (a :class:`MaskPositions`, :class:`MaskWater` or :class:`MaskElements`) removes
+    atoms and flags their neighbours; then every kept atom gets Gaussian noise
+    ``eps ~ N(0, sigma^2)`` per component (Å). The flagged atoms keep their masking targets
+    (``target_vectors`` / ``target_weight``); the other atoms get the denoising target
+    ``noise_vectors = eps`` (Å) with ``noise_weight = 1``. The two sets are disjoint because both
+    tasks train the same per-atom vector output, and the ``mask`` flag (a model input) tells the
+    network which question an atom answers. The objective sums the two losses with weights
+    (GPIP-style joint pretraining, Cui et al. 2023, in one step rather than in sequence).
+
+    Masking targets that are displacements (:class:`MaskPositions`) are measured from the noisy
+    position (``target - eps``: the hole did not move); unit directions (the seed's masking) are
+    kept from the clean frame (at sigma = 0.2 Å against bonds of ~1 Å the direction barely
+    changes, and a unit target cannot be re-measured without its length).
+    """
+
+    def __init__(self, masking: Transform, sigma: float = 0.2) -> None:
+        if not isinstance(masking, (MaskPositions, MaskWater, MaskElements)):
+            raise ValueError(f"MaskAndNoise masking: expected MaskPositions, MaskWater or MaskElements, "
+                             f"got {type(masking).__name__}")
+        s = float(sigma)
+        if not (s > 0 and math.isfinite(s)):
+            raise ValueError(f"MaskAndNoise sigma: expected a positive length in Å, got {sigma!r}")
+        self.masking = masking
+        self.sigma = s
+        self.extra_keys = tuple(masking.extra_keys) + (NOISE_VECTORS_KEY, NOISE_WEIGHT_KEY)
+
+    def __call__(self, sample: Sample, rng: Optional[np.random.Generator] = None) -> Tuple[Sample, Extras]:
+        rng = _rng(rng)
+        masked, extras = self.masking(sample, rng)
+        n = masked.n_atoms
+        noise = rng.normal(0.0, self.sigma, size=(n, 3))
+        flagged = np.asarray(extras[TARGET_WEIGHT_KEY]) > 0
+        extras = dict(extras)
+        if isinstance(self.masking, MaskPositions):
+            target = np.asarray(extras[TARGET_VECTORS_KEY], dtype=np.float64).copy()
+            target[flagged] -= noise[flagged]
+            extras[TARGET_VECTORS_KEY] = target
+        noisy = masked.copy(positions=masked.positions + noise, energy=None, forces=None)
+        extras[NOISE_VECTORS_KEY] = np.where(flagged[:, None], 0.0, noise)
+        extras[NOISE_WEIGHT_KEY] = (~flagged).astype(np.float32)
+        return noisy, extras
+
+
+def _to_removed(sample: Sample, kept: np.ndarray, removed: np.ndarray, farthest: bool,
+                with_index: bool = False) -> Any:
     """Displacement (minimum image) from each kept atom to its nearest (``farthest=False``) or
-    farthest removed atom, and its length; first index on ties."""
+    farthest removed atom, and its length (and, ``with_index``, its position in ``removed``);
+    first index on ties."""
     pos = sample.positions
     vec = np.zeros((kept.size, 3))
     dist = np.zeros(kept.size)
+    which = np.zeros(kept.size, dtype=np.int64)
     chunk = max(1, _CHUNK_ELEMENTS // max(1, removed.size))
     for start in range(0, kept.size, chunk):
         rows = kept[start : start + chunk]
@@ -444,7 +583,8 @@ def _to_removed(sample: Sample, kept: np.ndarray, removed: np.ndarray, farthest:
         j = np.argmax(r2, axis=1) if farthest else np.argmin(r2, axis=1)
         vec[start : start + chunk] = d[np.arange(rows.size), j]
         dist[start : start + chunk] = np.sqrt(r2[np.arange(rows.size), j])
-    return vec, dist
+        which[start : start + chunk] = j
+    return (vec, dist, which) if with_index else (vec, dist)
 
 
 class Denoise(Transform):
@@ -504,8 +644,9 @@ def build_transform(task: str, config: Optional[Mapping[str, Any]] = None) -> Tr
     """Transform for a training task.
 
     Args:
-        task: ``"mask"`` (MaskWater or MaskElements), ``"denoise"`` (Denoise), or
-            ``"energy_force"`` / ``"identity"`` (Identity, fine-tuning).
+        task: ``"mask"`` (MaskWater or MaskElements), ``"mask_position"`` (MaskPositions),
+            ``"denoise"`` (Denoise), ``"joint"`` (MaskAndNoise: masking + denoising in one frame),
+            or ``"energy_force"`` / ``"identity"`` (Identity, fine-tuning).
         config: optional keys (others are ignored here; :func:`maskpot.training.objectives.
             build_objective` rejects unknown keys):
 
@@ -517,6 +658,12 @@ def build_transform(task: str, config: Optional[Mapping[str, Any]] = None) -> Tr
             * ``mask_variant``: ``"local"`` (default) -> :class:`MaskElements`, ``"reference"``
               -> :class:`MaskElementsReference` (the reference code's rMD17 masking); water
               frames always use :class:`MaskWater`, which is the reference's water protocol;
+            * for ``mask_position``: ``mask_elements`` ``"all"`` (default) or a list, ``mask_ratio``
+              (default 0.15), ``mask_radius`` flag radius in Å (default 3.0);
+            * ``joint_mask``: the masking of task ``joint``, ``"mask_position"`` (default; its
+              ``mask_radius`` defaults to 1.6 Å there, bonded neighbours, so that the unflagged
+              atoms left for denoising are many) or ``"mask"`` (with the keys above); its noise is
+              ``noise_sigma``;
             * ``noise_sigma``: Denoise sigma, Å (default 0.2);
             * ``denoise_target``: ``"noise"`` (default) or ``"scaled_noise"``.
 
@@ -551,6 +698,41 @@ def build_transform(task: str, config: Optional[Mapping[str, Any]] = None) -> Tr
             elements=parsed, ratio=_key_float(cfg, "mask_ratio", 0.15 if ratio is None else ratio, ratio=True),
             radius=radius,
         )
+    if task == "mask_position":
+        elements = get("mask_elements", "all")
+        if elements is None or (isinstance(elements, str) and elements.lower() == "all"):
+            parsed_elements = None
+        elif isinstance(elements, str) and elements.lower() == "water":
+            raise ValueError("config key 'mask_elements': task mask_position masks elements, not water molecules: "
+                             "expected 'all' or a list of atomic numbers / symbols, got 'water'")
+        else:
+            try:
+                parsed_elements = parse_elements(elements)
+            except ValueError as err:
+                raise ValueError(f"config key 'mask_elements': {err}") from None
+        ratio = get("mask_ratio", None)
+        radius = get("mask_radius", None)
+        return MaskPositions(
+            elements=parsed_elements,
+            ratio=_key_float(cfg, "mask_ratio", 0.15 if ratio is None else ratio, ratio=True),
+            radius=_key_float(cfg, "mask_radius", 3.0 if radius is None else radius, positive=True),
+        )
+    if task == "joint":
+        inner = get("joint_mask", "mask_position")
+        inner = "mask_position" if inner is None else inner
+        if not isinstance(inner, str) or inner not in JOINT_MASKS:
+            raise ValueError(f"config key 'joint_mask': expected one of {JOINT_MASKS}, got {inner!r}")
+        inner_cfg = dict(cfg)
+        if inner == "mask_position" and get("mask_radius", None) is None:
+            # joint: flag bonded neighbours only (1.6 Å, as MaskElements), so that most atoms of a
+            # small molecule stay unflagged and answer the denoising question
+            inner_cfg["mask_radius"] = 1.6
+        masking = build_transform(inner, inner_cfg)
+        if isinstance(masking, MaskElementsReference):
+            raise ValueError("config key 'mask_variant': task joint needs flagged targets; the reference variant "
+                             "has no flag (use mask_variant: local)")
+        sigma = _key_float(cfg, "noise_sigma", get("noise_sigma", 0.2), positive=True)
+        return MaskAndNoise(masking, sigma=sigma)
     if task == "denoise":
         sigma = _key_float(cfg, "noise_sigma", get("noise_sigma", 0.2), positive=True)
         predict = get("denoise_target", "noise")
@@ -559,7 +741,7 @@ def build_transform(task: str, config: Optional[Mapping[str, Any]] = None) -> Tr
         return Denoise(sigma=sigma, predict=predict)
     if task in ("energy_force", "identity", "finetune"):
         return Identity()
-    raise ValueError(f"unknown task {task!r}: expected 'mask', 'denoise' or 'energy_force'")
+    raise ValueError(f"unknown task {task!r}: expected one of {PRETEXT_TASKS + ('energy_force',)}")
 
 
 def _key_float(cfg: Mapping[str, Any], key: str, value: Any, ratio: bool = False, positive: bool = False) -> float:

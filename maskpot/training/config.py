@@ -2,7 +2,7 @@
 
 One nested dict drives a run (pretraining, fine-tuning, training from scratch)::
 
-    task: mask | denoise | energy_force
+    task: mask | mask_position | denoise | joint | energy_force
     data:      {path, format, test_path, test_format, splits: {train, val, test}, split_file, seed,
                 units, strict, min_distance}
     model:     {...}                 # passed to maskpot.models.build_model (species inferred)
@@ -39,7 +39,7 @@ __all__ = [
     "save_config",
 ]
 
-TASKS = ("mask", "denoise", "energy_force")
+TASKS = ("mask", "mask_position", "denoise", "joint", "energy_force")
 
 #: Every accepted key with its default. ``model`` and ``objective`` accept any key.
 DEFAULTS: Dict[str, Any] = {

@@ -48,6 +48,8 @@ import torch
 
 from maskpot.data.transforms import (
     MASK_KEY,
+    NOISE_VECTORS_KEY,
+    NOISE_WEIGHT_KEY,
     TARGET_VECTORS_KEY,
     TARGET_WEIGHT_KEY,
     TRANSFORM_CONFIG_KEYS,
@@ -63,6 +65,7 @@ __all__ = [
     "cosine_loss",
     "mean_cosine",
     "denoise_loss",
+    "position_loss",
     "energy_force_loss",
     "energy_force_metrics",
     "MetricAccumulator",
@@ -75,7 +78,7 @@ Batch = Mapping[str, Tensor]
 
 COSINE_FORMS = ("global", "mean")
 LOSS_KINDS = ("l1", "mse")
-TASKS = ("mask", "denoise", "energy_force")
+TASKS = ("mask", "mask_position", "denoise", "joint", "energy_force")
 
 #: Every config key :func:`build_objective` accepts (anything else is a ValueError).
 OBJECTIVE_CONFIG_KEYS: Tuple[str, ...] = TRANSFORM_CONFIG_KEYS + (
@@ -85,6 +88,9 @@ OBJECTIVE_CONFIG_KEYS: Tuple[str, ...] = TRANSFORM_CONFIG_KEYS + (
     "force_weight",
     "loss_kind",
     "per_atom_energy",
+    "radius_weight",
+    "mask_weight",
+    "denoise_weight",
 )
 
 _EPS = 1e-8
@@ -159,6 +165,31 @@ def denoise_loss(pred: Tensor, noise: Tensor, weight: Optional[Tensor] = None) -
     denom = 3.0 * w.sum()
     value = (w * err2).sum() / torch.clamp(denom, min=_EPS)
     return torch.where(denom > 0, value, torch.zeros_like(value))
+
+
+def position_loss(
+    pred: Tensor, target: Tensor, weight: Optional[Tensor] = None, radius_weight: float = 1.0, eps: float = _EPS
+) -> Tuple[Tensor, Tensor]:
+    """Position-masking loss: direction (1 - global cosine) + ``radius_weight`` x length error.
+
+    ``pred`` and ``target`` are displacements in Å (flagged atom -> removed atom); the length term
+    is the weighted mean of ``(|p_i| - |t_i|)^2`` in Å², so with ``radius_weight = 1`` a 0.3 Å
+    distance error costs as much as a cosine of 0.91. The direction and the distance are scored
+    apart so that neither hides the other (a plain vector MSE lets a short vector of the wrong
+    direction score well when the distances are small).
+
+    Returns:
+        ``(loss, radius_mse)``: scalar loss with graph, and the length term (Å², detached).
+    """
+    w = _weights(pred, target, weight, "position_loss")
+    target = target.to(pred.dtype)
+    direction = cosine_loss(pred, target, w, form="global", eps=eps)
+    pn = torch.sqrt((pred * pred).sum(-1) + eps * eps)
+    tn = torch.sqrt((target * target).sum(-1))
+    wsum = w.sum()
+    radius = (w * (pn - tn) ** 2).sum() / torch.clamp(wsum, min=eps)
+    radius = torch.where(wsum > 0, radius, torch.zeros_like(radius))
+    return direction + radius_weight * radius, radius.detach()
 
 
 def _n_atoms(batch: Batch, n_graphs: int, device: torch.device) -> Tensor:
@@ -363,7 +394,7 @@ class Objective:
     """One training objective: its data transform, the output it trains, and its loss.
 
     Attributes:
-        task: ``"mask"``, ``"denoise"`` or ``"energy_force"``.
+        task: ``"mask"``, ``"mask_position"``, ``"denoise"``, ``"joint"`` or ``"energy_force"``.
         transform: apply to every training sample (``sample, extras = transform(sample, rng)``)
             and pass ``extras`` to ``collate(..., extra=...)``.
         prediction_key: model output compared with ``target_vectors`` (``"forces"`` by default,
@@ -394,6 +425,8 @@ class Objective:
             vals = torch.stack([loss.detach(), terms["loss_energy"].to(loss.device), terms["loss_forces"].to(loss.device)])
             return loss, dict(zip(("loss", "loss_energy", "loss_forces"), vals.double().cpu().tolist()))
         pred, target, weight = self._vectors(out, batch)
+        if self.task in ("mask_position", "joint"):
+            return self._position_or_joint_loss(pred, target, weight, batch)
         if self.task == "mask":
             loss = cosine_loss(pred, target, weight, form=c["cosine_form"])
             with torch.no_grad():
@@ -404,6 +437,38 @@ class Objective:
         loss = denoise_loss(pred, target, weight)
         lv = float(loss.detach())
         return loss, {"loss": lv, "vector_rmse": math.sqrt(max(lv, 0.0))}
+
+    def _position_or_joint_loss(self, pred: Tensor, target: Tensor, weight: Tensor,
+                                batch: Batch) -> Tuple[Tensor, Dict[str, float]]:
+        """mask_position: :func:`position_loss`; joint: ``mask_weight`` x the masking loss of
+        ``joint_mask`` + ``denoise_weight`` x :func:`denoise_loss` on the unflagged atoms."""
+        c = self.config
+        masking = c.get("joint_mask", "mask_position") if self.task == "joint" else "mask_position"
+        zero = pred.sum() * 0.0
+        radius = zero.detach()
+        if masking == "mask_position":
+            mask_loss, radius = position_loss(pred, target, weight, radius_weight=c["radius_weight"])
+        else:
+            mask_loss = cosine_loss(pred, target, weight, form=c["cosine_form"])
+        noise_loss = zero.detach()
+        loss = mask_loss
+        if self.task == "joint":
+            if NOISE_VECTORS_KEY not in batch:
+                raise ValueError(f"joint objective: batch has no '{NOISE_VECTORS_KEY}': collate the extras returned "
+                                 f"by objective.transform (collate(samples, extra=...))")
+            noise_loss = denoise_loss(pred, batch[NOISE_VECTORS_KEY], batch.get(NOISE_WEIGHT_KEY))
+            loss = c["mask_weight"] * mask_loss + c["denoise_weight"] * noise_loss
+        with torch.no_grad():
+            w = weight.to(pred.dtype)
+            cos = (w * _cosines(pred.detach(), target.to(pred.dtype))).sum()
+            vals = torch.stack([loss.detach(), cos, w.sum(), radius.to(pred.dtype), noise_loss.detach().to(pred.dtype)])
+        lv, sc, n, r2, nl = vals.double().cpu().tolist()
+        metrics = {"loss": lv, "mean_cosine": sc / n if n > 0 else float("nan"), "n_flagged": n}
+        if masking == "mask_position":
+            metrics["radius_rmse"] = math.sqrt(max(r2, 0.0))
+        if self.task == "joint":
+            metrics["vector_rmse"] = math.sqrt(max(nl, 0.0))
+        return loss, metrics
 
     def _vectors(self, out: Mapping[str, Tensor], batch: Batch) -> Tuple[Tensor, Tensor, Tensor]:
         if self.prediction_key not in out:
@@ -425,7 +490,7 @@ class Objective:
 
     def metric_accumulator(self) -> MetricAccumulator:
         """A fresh accumulator with the vector metric of this task."""
-        vm = {"mask": "cosine", "denoise": "mse"}.get(self.task)
+        vm = {"mask": "cosine", "mask_position": "cosine", "joint": "cosine", "denoise": "mse"}.get(self.task)
         return MetricAccumulator(prediction_key=self.prediction_key, vector_metric=vm)
 
 
@@ -449,6 +514,10 @@ def build_objective(task: str, config: Optional[Mapping[str, Any]] = None) -> Ob
     ``force_weight``     float >= 0                                  500.0 (paper)
     ``loss_kind``        ``"l1"`` (paper) / ``"mse"``                ``"l1"``
     ``per_atom_energy``  bool                                        True
+    ``radius_weight``    float >= 0 (mask_position: length term)     1.0
+    ``joint_mask``       ``"mask_position"`` / ``"mask"`` (joint)     ``"mask_position"``
+    ``mask_weight``      float >= 0 (joint: masking loss)            1.0
+    ``denoise_weight``   float >= 0 (joint: denoising loss)          1.0
     ===================  ==========================================  ===========================
 
     Keys that do not concern ``task`` are validated but ignored (one config can serve both the
@@ -495,9 +564,13 @@ def build_objective(task: str, config: Optional[Mapping[str, Any]] = None) -> Ob
         "force_weight": weight("force_weight", 500.0),
         "loss_kind": choice("loss_kind", LOSS_KINDS, "l1"),
         "per_atom_energy": flag("per_atom_energy", True),
+        "radius_weight": weight("radius_weight", 1.0),
+        "mask_weight": weight("mask_weight", 1.0),
+        "denoise_weight": weight("denoise_weight", 1.0),
     }
-    # validate the transform keys whatever the task (a typo should not wait for the next stage)
-    for t in ("mask", "denoise"):
+    # validate the transform keys whatever the task (a typo should not wait for the next stage);
+    # mask_position / joint read mask_elements: all, which the seed's masking does not know
+    for t in ("mask", "denoise") if task in ("mask", "denoise", "energy_force") else ("denoise",):
         build_transform(t, cfg)
     transform = build_transform(task, cfg)
     resolved.update({k: v for k, v in cfg.items() if k in TRANSFORM_CONFIG_KEYS})
@@ -507,5 +580,9 @@ def build_objective(task: str, config: Optional[Mapping[str, Any]] = None) -> Ob
         if resolved["energy_weight"] == 0 and resolved["force_weight"] == 0:
             raise ValueError("config keys 'energy_weight' and 'force_weight': at least one must be > 0")
         return Objective(task, transform, "forces", needs_forces_graph=resolved["force_weight"] > 0, config=resolved)
+    if task == "joint":
+        resolved["joint_mask"] = cfg.get("joint_mask") or "mask_position"
+        if resolved["mask_weight"] == 0 and resolved["denoise_weight"] == 0:
+            raise ValueError("config keys 'mask_weight' and 'denoise_weight': at least one must be > 0")
     key = "vectors" if resolved["use_vector_head"] else "forces"
     return Objective(task, transform, key, needs_forces_graph=key == "forces", config=resolved)

@@ -33,6 +33,16 @@ pairs closer than ``scale * (r_cov,i + r_cov,j)`` (ASE covalent radii, minimum i
   ``x_X + (r_cov,X + r_cov,masked) v_X / |v_X|``; atom i predicts ``x_i - (its farthest candidate
   hole)``, or ``x_i - centroid`` when there is no candidate.
 
+* ``mask_position``, :class:`~maskpot.data.transforms.MaskPositions` (flagged atoms within 3 Å
+  give the displacement to the nearest removed atom, whose element ``mask_numbers`` names):
+  every flagged atom X with an open valence ``|v_X| > 0.5`` (it lost a bond) proposes a hole at
+  ``x_X + (r_cov,X + r_cov,token) v_X / |v_X|``; proposals closer than 0.8 Å are averaged into
+  one hole; every flagged atom predicts the displacement to its nearest hole, or to the centroid
+  of the flagged atoms within the flag radius when no atom proposed one.
+
+* ``joint``, :class:`~maskpot.data.transforms.MaskAndNoise`: the masking rule on the flagged atoms
+  and the denoising rule (below) on the others, both on the noisy frame.
+
 * ``denoise``, :class:`~maskpot.data.transforms.Denoise`: bond restoring. For every bond of the
   noisy frame (scale 1.3, noise stretches bonds), half the stretch beyond the covalent length is
   undone on each end: ``eps_i = -1/2 sum_j (r_ij - r_cov,i - r_cov,j) u_ij``. The zero
@@ -48,11 +58,16 @@ import numpy as np
 from maskpot.data.sample import Sample
 from maskpot.data.transforms import (
     MASK_KEY,
+    MASK_NUMBERS_KEY,
+    NOISE_VECTORS_KEY,
+    NOISE_WEIGHT_KEY,
     TARGET_VECTORS_KEY,
     TARGET_WEIGHT_KEY,
     Denoise,
     MaskElements,
     MaskElementsReference,
+    MaskAndNoise,
+    MaskPositions,
     MaskWater,
     Transform,
 )
@@ -196,6 +211,40 @@ def _reference_rule(sample: Sample, elements: Sequence[int]) -> np.ndarray:
     far = np.argmax(np.einsum("nki,nki->nk", d, d), axis=1)
     return d[np.arange(n), far]
 
+# Proposed holes closer than this (Å) are one hole (two neighbours of the same removed atom).
+_HOLE_MERGE = 0.8
+
+
+def _position_rule(sample: Sample, flags: np.ndarray, tokens: np.ndarray, radius: float) -> np.ndarray:
+    """Displacement (Å) from every flagged atom to its nearest proposed hole (module docstring)."""
+    n, z, x = sample.n_atoms, sample.numbers, sample.positions
+    pred = np.zeros((n, 3))
+    flagged = np.flatnonzero(flags > 0)
+    if flagged.size == 0:
+        return pred
+    bi, _, bd = _bonds(sample, BOND_SCALE)
+    v = _open_valence(n, bi, bd)
+    holes: List[np.ndarray] = []
+    for a in flagged.tolist():
+        if np.linalg.norm(v[a]) <= _OPEN_VALENCE or tokens[a] <= 0:
+            continue
+        h = x[a] + (_covalent(z[a : a + 1])[0] + _covalent(tokens[a : a + 1])[0]) * _unit(v[a])
+        for k, other in enumerate(holes):  # merge proposals of the same hole (running mean)
+            if np.linalg.norm(_minimum_image(h - other, sample)) < _HOLE_MERGE:
+                holes[k] = 0.5 * (other + h)
+                break
+        else:
+            holes.append(h)
+    for a in flagged.tolist():
+        if holes:
+            to_hole = _minimum_image(np.array(holes) - x[a], sample)
+            pred[a] = to_hole[int(np.argmin(np.linalg.norm(to_hole, axis=1)))]
+        else:
+            d = _minimum_image(x[flagged] - x[a], sample)
+            near = np.linalg.norm(d, axis=1) <= radius
+            pred[a] = d[near].mean(axis=0)
+    return pred
+
 
 def _denoise_rule(sample: Sample) -> np.ndarray:
     n = sample.n_atoms
@@ -208,9 +257,12 @@ def _denoise_rule(sample: Sample) -> np.ndarray:
     return eps
 
 
-def baseline_vectors(sample: Sample, transform: Transform, mask: Optional[np.ndarray] = None) -> np.ndarray:
+def baseline_vectors(sample: Sample, transform: Transform, mask: Optional[np.ndarray] = None,
+                     mask_numbers: Optional[np.ndarray] = None) -> np.ndarray:
     """Geometry-only prediction [N, 3] of ``transform``'s target vectors for the transformed
-    ``sample`` (the model input), given the ``mask`` flag when the transform produces one.
+    ``sample`` (the model input), given the ``mask`` flag (and the element token
+    ``mask_numbers``) when the transform produces one. For :class:`MaskAndNoise` this is the
+    masking rule's prediction on flagged atoms and the denoising rule's elsewhere.
 
     The rule follows the transform (see the module docstring); units follow its targets (unit
     directions for masking, only the direction counts; Å for ``Denoise(predict="noise")``, Å /
@@ -221,6 +273,12 @@ def baseline_vectors(sample: Sample, transform: Transform, mask: Optional[np.nda
     """
     n = sample.n_atoms
     flags = np.zeros(n) if mask is None else np.asarray(mask, dtype=float).reshape(n)
+    tokens = np.zeros(n, dtype=np.int64) if mask_numbers is None else np.asarray(mask_numbers).astype(np.int64)
+    if isinstance(transform, MaskAndNoise):
+        masked = baseline_vectors(sample, transform.masking, mask, mask_numbers)
+        return np.where(flags[:, None] > 0, masked, _denoise_rule(sample))
+    if isinstance(transform, MaskPositions):
+        return _position_rule(sample, flags, tokens, transform.radius)
     if isinstance(transform, MaskWater):
         return _local_rule(sample, flags, (1,))
     if isinstance(transform, MaskElements):
@@ -249,14 +307,16 @@ def baseline_scores(
 
     Returns:
         ``mean_cosine`` (target-weighted mean per-atom cosine, as the learned metric),
-        ``n_targets`` (sum of weights) and ``n_frames``; for denoising also ``vector_mse``,
+        ``n_targets`` (sum of weights) and ``n_frames``; for position masking also
+        ``radius_rmse`` (Å, length of the predicted vs true displacement); for joint also
+        ``vector_rmse`` of its denoising part; for denoising also ``vector_mse``,
         ``vector_rmse`` (the rule) and ``zero_rmse`` (predicting no noise), in target units.
     """
     from maskpot.training.evaluate import sample_rng
 
     transform = getattr(objective, "transform", objective)
     idx = range(len(samples)) if indices is None else [int(i) for i in indices]
-    w_sum = cos_sum = sq = sq0 = 0.0
+    w_sum = cos_sum = sq = sq0 = radius_sq = noise_sq = noise_n = 0.0
     n_frames = 0
     for i in idx:
         new, extras = transform(samples[i], sample_rng(seed, epoch, i))
@@ -264,7 +324,13 @@ def baseline_scores(
             raise TypeError(f"{type(transform).__name__} has no pretext targets: nothing to compare a baseline with")
         target = np.asarray(extras[TARGET_VECTORS_KEY], dtype=float)
         weight = np.asarray(extras.get(TARGET_WEIGHT_KEY, np.ones(len(target))), dtype=float)
-        pred = baseline_vectors(new, transform, extras.get(MASK_KEY))
+        pred = baseline_vectors(new, transform, extras.get(MASK_KEY), extras.get(MASK_NUMBERS_KEY))
+        if NOISE_VECTORS_KEY in extras:  # joint: the denoising part on the unflagged atoms
+            nw = np.asarray(extras[NOISE_WEIGHT_KEY], dtype=float)
+            nt = np.asarray(extras[NOISE_VECTORS_KEY], dtype=float)
+            noise_sq += float((nw * ((pred - nt) ** 2).sum(-1)).sum())
+            noise_n += 3.0 * float(nw.sum())
+        radius_sq += float((weight * (np.linalg.norm(pred, axis=-1) - np.linalg.norm(target, axis=-1)) ** 2).sum())
         dot = (pred * target).sum(-1)
         norm = np.sqrt(np.maximum((pred * pred).sum(-1) * (target * target).sum(-1), _EPS * _EPS))
         cos_sum += float((weight * dot / norm).sum())
@@ -277,6 +343,11 @@ def baseline_scores(
         "n_targets": w_sum,
         "n_frames": float(n_frames),
     }
+    inner = transform.masking if isinstance(transform, MaskAndNoise) else transform
+    if isinstance(inner, MaskPositions) and w_sum > 0:
+        out["radius_rmse"] = float(np.sqrt(radius_sq / w_sum))
+    if isinstance(transform, MaskAndNoise) and noise_n > 0:
+        out["vector_rmse"] = float(np.sqrt(noise_sq / noise_n))
     if isinstance(transform, Denoise):
         mse = sq / (3.0 * w_sum) if w_sum > 0 else float("nan")
         out.update(vector_mse=mse, vector_rmse=float(np.sqrt(mse)),
