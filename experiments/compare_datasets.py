@@ -29,7 +29,9 @@ TRANSFER_STRATEGIES = ("supervised", "mask_supervised", "mask_dft")
 #: checkpoint, in sequence) on any dataset; ``supervised_2x`` (supervised pretraining with twice
 #: --pretrain-epochs, the equal-compute control of mask_supervised) with water-dft-transfer only;
 #: ``mask_reference`` (the reference code's rMD17 masking, beside ``mask``'s --mask-variant) with rMD17 only.
-EXTRA_STRATEGIES = ("denoise_1A", "mask_denoise", "supervised_2x", "mask_reference")
+#: ``mask_position`` (position masking: any element, element token, displacement targets) and ``joint``
+#: (position masking + denoising in one step; issue 33) on any dataset.
+EXTRA_STRATEGIES = ("denoise_1A", "mask_denoise", "supervised_2x", "mask_reference", "mask_position", "joint")
 #: Arms that need --dataset water-dft-transfer (the TIP3P labels or the DFT candidates).
 TRANSFER_ONLY_STRATEGIES = TRANSFER_STRATEGIES + ("supervised_2x",)
 #: The default arms of water-dft-transfer (the original six).

@@ -27,7 +27,8 @@ def plot(summary: Dict[str, Any], out: Path) -> None:
 
     colors = {"scratch": "tab:gray", "denoise": "tab:blue", "mask": "tab:red", "supervised": "tab:green",
               "mask_supervised": "tab:purple", "mask_dft": "tab:orange", "denoise_1A": "tab:cyan",
-              "mask_denoise": "tab:pink", "supervised_2x": "tab:olive", "mask_reference": "tab:brown"}
+              "mask_denoise": "tab:pink", "supervised_2x": "tab:olive", "mask_reference": "tab:brown",
+              "mask_position": "tab:red", "joint": "black"}
     labels = summary["labels"]
     fig, axes = plt.subplots(1, len(labels), figsize=(4.8 * len(labels), 3.8), squeeze=False)
     for ax, n in zip(axes[0], labels):
@@ -119,6 +120,11 @@ EXTRA_ARM_TEXT = {
                      "mask_supervised)",
     "mask_reference": "mask_reference = masking with the reference code's rMD17 variant (every kept atom a target, "
                       "from the farthest removed H, no flag; loss cosine_form mean) on the same pool and budget as mask",
+    "mask_position": "mask_position = position masking (15 % of the atoms of any element removed; their element kept "
+                     "as a token on the neighbours within 3 Å, which predict the displacement to the removed atom; "
+                     "loss 1 - global cosine + squared length error in Å²) on the same pool and budget",
+    "joint": "joint = position masking (bonded neighbours, 1.6 Å) and denoising (σ = 0.2 Å, the other atoms) "
+             "in one step, loss sum with weights 1 and 1, on the same pool and budget",
 }
 
 
@@ -155,7 +161,11 @@ PAIRED_TITLES = {("mask", "denoise"): ("Mask against denoise", "masking"),
                  ("mask_denoise", "denoise"): ("Mask then denoise against denoise alone", "mask_denoise"),
                  ("mask_denoise", "mask"): ("Mask then denoise against mask alone", "mask_denoise"),
                  ("mask_reference", "mask"): ("Reference masking variant against mask", "mask_reference"),
-                 ("mask_reference", "denoise"): ("Reference masking variant against denoise", "mask_reference")}
+                 ("mask_reference", "denoise"): ("Reference masking variant against denoise", "mask_reference"),
+                 ("mask_position", "denoise"): ("Position masking against denoise", "mask_position"),
+                 ("joint", "denoise"): ("Joint masking + denoising against denoise", "joint"),
+                 ("mask_position", "mask"): ("Position masking against mask", "mask_position"),
+                 ("joint", "mask"): ("Joint masking + denoising against mask", "joint")}
 
 
 def _pretext_key(p: Dict[str, Any]) -> str:

@@ -44,7 +44,14 @@ class Run:
 
 
 #: Opt-in pretraining arms (issue 12), planned after the original five.
-EXTRA_PRETRAIN = ("denoise_1A", "mask_denoise", "supervised_2x", "mask_reference")
+EXTRA_PRETRAIN = ("denoise_1A", "mask_denoise", "supervised_2x", "mask_reference", "mask_position", "joint")
+#: Objective sections of the issue-33 arms (on the denoise base config, whose task is overridden):
+#: every element masked at ratio 0.15 (mask_position: neighbours within 3 Å; joint: bonded
+#: neighbours, 1.6 Å, the rest denoised with σ = 0.2 Å, both losses weighted 1).
+POSITION_OBJECTIVES = {
+    "mask_position": "{mask_elements: all, mask_ratio: 0.15, mask_radius: 3.0, radius_weight: 1.0}",
+    "joint": "{joint_mask: mask_position, mask_elements: all, mask_ratio: 0.15, mask_radius: 1.6, radius_weight: 1.0, noise_sigma: 0.2, mask_weight: 1.0, denoise_weight: 1.0}",
+}
 #: Non-supervised stages started from ``pretrain_mask_s<seed>`` (mask_supervised is handled with the
 #: energy/force stages); requesting any of FROM_MASK or mask_supervised runs the mask stage.
 SEQUENCE_FROM_MASK = ("mask_denoise",)
@@ -137,6 +144,8 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
                     f"data.splits={_yaml_flow(counts)}", f"data.split_file={split}", f"data.seed={args.data_seed}"]
             obj = ([f"objective={{noise_sigma: {NOISE_SIGMA[strat]}, denoise_target: noise}}"]
                    if strat in NOISE_SIGMA else [])
+            if strat in POSITION_OBJECTIVES:
+                obj = [f"objective={POSITION_OBJECTIVES[strat]}"]
             variant = "reference" if strat == "mask_reference" else getattr(args, "mask_variant", None)
             if task == "mask" and variant:  # the reference variant comes with the reference's loss
                 obj = [f"objective.mask_variant={variant}"]
@@ -163,7 +172,9 @@ def plan_runs(args: argparse.Namespace, plan: DatasetPlan, out: Path) -> List[Ru
                          "init.reset_heads=false", "init.freeze_encoder=false"]
                 base = plan.configs[task]
             else:
-                model, base = common_model, plan.configs[strat if strat in plan.configs else task]
+                # the issue-33 tasks have no config of their own: the denoise one, task overridden
+                base_key = strat if strat in plan.configs else ("denoise" if strat in POSITION_OBJECTIVES else task)
+                model, base = common_model, plan.configs[base_key]
             runs.append(Run(name, "pretrain", strat, seed, None, base,
                             [f"task={task}", *obj, *data, *model, *pre_train,
                              "output.progress=false", "output.plot=false", f"output.dir={out / 'runs' / name}"],
@@ -206,7 +217,8 @@ def _pretrain_stage(strat: str) -> Tuple[str, str]:
             "supervised": ("energy_force", "labelled"), "mask_supervised": ("energy_force", "labelled"),
             "mask_dft": ("mask", "dft"), "denoise_1A": ("denoise", "unlabelled"),
             "mask_denoise": ("denoise", "unlabelled"), "supervised_2x": ("energy_force", "labelled"),
-            "mask_reference": ("mask", "unlabelled")}[strat]
+            "mask_reference": ("mask", "unlabelled"), "mask_position": ("mask_position", "unlabelled"),
+            "joint": ("joint", "unlabelled")}[strat]
 
 
 def resolve(run: Run) -> Dict[str, Any]:

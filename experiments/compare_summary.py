@@ -18,11 +18,12 @@ import numpy as np
 
 FORCE_COL = "val_force_mae_meV_per_A"
 #: Pretraining arms on the unlabelled pool whose pretext score is shown next to the geometry-only rule.
-GEOMETRY_BASELINE_ARMS = ("mask", "denoise", "denoise_1A", "mask_denoise", "mask_reference")
+GEOMETRY_BASELINE_ARMS = ("mask", "denoise", "denoise_1A", "mask_denoise", "mask_reference", "mask_position", "joint")
 #: (arm, reference) pairs compared by seed besides every arm against scratch (``vs_<reference>``)
 PAIRED_ARMS = (("mask", "denoise"), ("mask", "denoise_1A"), ("denoise_1A", "denoise"),
                ("mask_denoise", "denoise"), ("mask_denoise", "mask"), ("mask_reference", "mask"),
-               ("mask_reference", "denoise"))
+               ("mask_reference", "denoise"), ("mask_position", "denoise"), ("joint", "denoise"),
+               ("mask_position", "mask"), ("joint", "mask"))
 
 log = logging.getLogger("compare_pretraining")
 
@@ -107,7 +108,8 @@ def summarise(args: argparse.Namespace, plan: DatasetPlan, runs: Sequence[Run], 
     pre = {}
     metric = {"mask": "val_mean_cosine", "mask_dft": "val_mean_cosine", "denoise": "val_vector_rmse",
               "supervised": FORCE_COL, "mask_supervised": FORCE_COL, "denoise_1A": "val_vector_rmse",
-              "mask_denoise": "val_vector_rmse", "supervised_2x": FORCE_COL, "mask_reference": "val_mean_cosine"}
+              "mask_denoise": "val_vector_rmse", "supervised_2x": FORCE_COL, "mask_reference": "val_mean_cosine",
+              "mask_position": "val_mean_cosine", "joint": "val_mean_cosine"}
     for strat in metric:
         rs = [r for r in runs if r.stage == "pretrain" and r.strategy == strat and r.name in results]
         if not rs:
@@ -191,7 +193,7 @@ def _pretext_per_molecule(run: Run, sources: Dict[str, Any]) -> Optional[Dict[st
         objective = build_objective(cfg["task"], cfg["objective"])
         model = model_from_checkpoint(run.dir / "best.pt")
         dtype = next(model.parameters()).dtype
-        learned_key = "mean_cosine" if cfg["task"] == "mask" else "vector_rmse"
+        learned_key = "vector_rmse" if cfg["task"] == "denoise" else "mean_cosine"
         out: Dict[str, Dict[str, float]] = {}
         start = 0
         for m in sources["pretrain_molecules"]:  # validation layout: molecule by molecule

@@ -116,7 +116,7 @@ def build_sources(out: Path, args: Any, ws: Any, dft_path: Path, dft_pool_idx: n
 COMPARISONS: Dict[str, Any] = {
     "supervised": None,
     "mask": ("mask_supervised", "mask_denoise"),
-    "denoise": ("denoise_1A", "mask_denoise"),
+    "denoise": ("denoise_1A", "mask_denoise", "mask_position", "joint"),
     "supervised_2x": ("mask_supervised",),
 }
 

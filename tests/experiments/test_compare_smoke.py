@@ -230,3 +230,30 @@ def test_reference_options_reach_the_run_configs(cmp, shared_data, tmp_path) -> 
     assert cmp.summarise(args, plan, list(runs.values()), {}, 0.0, "cmd")["model"]["name"] == "egnn-reference"
     with pytest.raises(SystemExit, match="needs --model egnn"):
         cmp.main(["--model", "painn", "--egnn-reference", "--out", str(tmp_path / "x")])
+
+
+def test_position_and_joint_arms_run_with_their_own_task_and_share_the_budget(tmp_path, shared_data, cmp) -> None:
+    """The issue-33 arms: each pretrains with its own task/objective on the same pool and budget as
+    denoise, the fine-tuning configs are identical, and the tables pair them against denoise."""
+    out = tmp_path / "run"
+    argv = [
+        "--dataset", "rmd17:ethanol", "--model", "painn", "--seeds", "0", "--labels", "8",
+        "--pool", "16", "--val", "4", "--test-frames", "8", "--hidden", "8", "--layers", "1",
+        "--pretrain-epochs", "1", "--finetune-epochs", "1", "--batch-size", "4", "--pretrain-batch-size", "8",
+        "--out", str(out), "--data-root", str(shared_data), "--results-md", str(tmp_path / "RESULTS.md"),
+        "--no-progress", "--strategies", "scratch", "denoise", "mask_position", "joint",
+    ]
+    assert cmp.main(argv) == 0
+    cfgs = {a: yaml.safe_load((out / "runs" / f"pretrain_{a}_s0" / "config.yaml").read_text())
+            for a in ("denoise", "mask_position", "joint")}
+    assert cfgs["mask_position"]["task"] == "mask_position" and cfgs["joint"]["task"] == "joint"
+    assert cfgs["mask_position"]["objective"]["mask_elements"] == "all"
+    assert cfgs["joint"]["objective"]["denoise_weight"] == 1.0
+    for a in ("mask_position", "joint"):
+        assert cfgs[a]["train"] == cfgs["denoise"]["train"] and cfgs[a]["data"] == cfgs["denoise"]["data"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"mask_position", "joint"} <= set(summary["pretraining"])
+    assert summary["pretraining"]["mask_position"]["metric"] == "val_mean_cosine"
+    assert summary["pretraining"]["mask_position"]["geometry_baseline"][0]["mean_cosine"] is not None
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "Position masking against denoise" in text and "Joint masking + denoising against denoise" in text
