@@ -65,7 +65,7 @@ def test_config_errors_name_key_and_file(tmp_path: Path, text: str, overrides: l
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_are_valid(name: str) -> None:
     cfg = load_config(CONFIGS / name)
-    assert cfg["task"] in ("mask", "denoise", "energy_force")
+    assert cfg["task"] in ("mask", "mask_position", "denoise", "joint", "energy_force")
     from maskpot.training.objectives import build_objective
 
     build_objective(cfg["task"], cfg["objective"])
