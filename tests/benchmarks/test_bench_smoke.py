@@ -11,8 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-pytest.importorskip("openmm")
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 from benchmarks import peers  # noqa: E402
 from benchmarks.common import Case, interleave, ratio  # noqa: E402

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from maskpot.data.neighbors import NeighborList
+from maskpot.data.validate import MAX_Z
 
 
 class ToyPair(torch.nn.Module):
@@ -34,7 +35,7 @@ class ToyPair(torch.nn.Module):
         self.cutoff: float = float(cutoff)
         self.species: List[int] = [int(z) for z in species]
         self.config = {"name": "toypair", "species": self.species, "cutoff": self.cutoff, "kind": kind}
-        table = torch.full((119,), -1, dtype=torch.long)
+        table = torch.full((MAX_Z + 1,), -1, dtype=torch.long)
         for k, z in enumerate(self.species):
             table[z] = k
         self.register_buffer("z_to_index", table)
@@ -74,11 +75,13 @@ class ToyPair(torch.nn.Module):
 
 
 def real_model_names() -> List[str]:
-    """Registered model names (empty while maskpot.models is not importable)."""
-    try:
-        from maskpot.models import MODEL_REGISTRY  # noqa: F401
-    except Exception:
-        return []
+    """Registered model names. ``maskpot.models`` is part of the library, not an optional
+    dependency: an import error fails the collection (it used to leave only the toys, so every
+    real-model deploy test vanished without a word), and so does an empty registry."""
+    from maskpot.models import MODEL_REGISTRY
+
+    if not MODEL_REGISTRY:
+        raise RuntimeError("tests/deploy: maskpot.models.MODEL_REGISTRY is empty, expected the registered models")
     return sorted(MODEL_REGISTRY)
 
 

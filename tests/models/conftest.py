@@ -8,12 +8,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from model_helpers import MODEL_NAMES, ethanol, water_box  # noqa: E402
+from model_helpers import ENERGY_MODELS, FORCE_MODELS, MODEL_NAMES, ethanol, water_box  # noqa: E402
 from maskpot.data.sample import Sample  # noqa: E402
 
 
 @pytest.fixture(params=MODEL_NAMES)
 def model_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=ENERGY_MODELS)
+def energy_model_name(request) -> str:
+    """Every energy-centric model (forces = -dE/dr)."""
+    return request.param
+
+
+@pytest.fixture(params=FORCE_MODELS)
+def force_model_name(request) -> str:
+    """Every force-centric model (forces predicted directly)."""
     return request.param
 
 

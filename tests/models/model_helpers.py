@@ -53,6 +53,13 @@ def make_model(name: str, seed: int = 0, **overrides: Any) -> torch.nn.Module:
     return model
 
 
+#: Suite names by the kind of model (known at collection time, so tests that only make sense for
+#: one kind are parametrised over it instead of skipping the others).
+MODEL_KINDS: Dict[str, str] = {name: build_model(small_config(name)).kind for name in MODEL_NAMES}
+ENERGY_MODELS = [n for n in MODEL_NAMES if MODEL_KINDS[n] == "energy"]
+FORCE_MODELS = [n for n in MODEL_NAMES if MODEL_KINDS[n] == "force"]
+
+
 def _visible_coordinate_updates(model: torch.nn.Module) -> None:
     """EGNN's coordinate MLP starts near zero (last layer Xavier gain 0.001, as the reference's):
     redraw that layer with gain 0.1 so the suite tests moves of ~0.1 Å, not ~1e-4 Å."""

@@ -132,10 +132,8 @@ def test_permutation(model_name, any_sample):
     torch.testing.assert_close(out["vectors"], ref["vectors"][perm], rtol=1e-7, atol=1e-9)
 
 
-def test_forces_are_minus_energy_gradient(model_name, any_sample):
-    model = f64(model_name)
-    if model.kind != "energy":
-        pytest.skip("force-centric model")
+def test_forces_are_minus_energy_gradient(energy_model_name, any_sample):
+    model = f64(energy_model_name)
     out = run(model, any_sample)
     rng = np.random.default_rng(3)
     h = 1e-5
@@ -150,10 +148,8 @@ def test_forces_are_minus_energy_gradient(model_name, any_sample):
             assert abs(float(out["forces"][atom, axis]) - fd) < 1e-6 * max(1.0, abs(fd))
 
 
-def test_force_model_conserves_momentum(model_name, any_sample):
-    model = make_model(model_name)
-    if model.kind != "force":
-        pytest.skip("energy-centric model: sum of forces = 0 follows from translation invariance")
+def test_force_model_conserves_momentum(force_model_name, any_sample):
+    model = make_model(force_model_name)
     for dtype, tol in ((torch.float32, 1e-4), (F64, 1e-11)):
         model.to(dtype)
         forces = run(model, any_sample, dtype=dtype)["forces"]
@@ -229,11 +225,9 @@ def test_molecule_in_large_box_matches_open(model_name, mol_sample):
         torch.testing.assert_close(out["forces"], ref["forces"], rtol=1e-7, atol=1e-9)
 
 
-def test_strain_gradient_for_stress(model_name, box_sample):
+def test_strain_gradient_for_stress(energy_model_name, box_sample):
     """The ASE calculator differentiates the energy w.r.t. a strain applied outside the model."""
-    model = f64(model_name)
-    if model.kind != "energy":
-        pytest.skip("no stress for force-centric models")
+    model = f64(energy_model_name)
     batch = batch_of([box_sample])
     strain = torch.zeros(3, 3, dtype=F64, requires_grad=True)
     eye = torch.eye(3, dtype=F64)
