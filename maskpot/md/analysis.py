@@ -204,11 +204,12 @@ def _box_lengths_angstrom(traj) -> Optional[np.ndarray]:
 
 
 def _max_rdf_radius(traj) -> float:
-    """Largest r (Å) for which the minimum image is valid: half the smallest perpendicular width."""
-    v = np.asarray(traj.unitcell_vectors[0], dtype=np.float64) / nm_per_angstrom()
-    vol = abs(np.linalg.det(v))
-    widths = [vol / np.linalg.norm(np.cross(v[(i + 1) % 3], v[(i + 2) % 3])) for i in range(3)]
-    return 0.5 * min(widths)
+    """Largest r (Å) for which the minimum image is valid: half the shortest perpendicular width
+    of the first frame's cell (:func:`maskpot.data.validate.perpendicular_widths`)."""
+    from maskpot.data.validate import perpendicular_widths
+
+    cell = np.asarray(traj.unitcell_vectors[0], dtype=np.float64) / nm_per_angstrom()
+    return 0.5 * float(perpendicular_widths(cell).min())
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,10 +22,14 @@ def _plt():
     return plt
 
 
-def _savefig(fig, path: Path) -> None:
+def _savefig(fig: Any, path: PathLike) -> Path:
+    """Lay out ``fig``, write it to ``path`` atomically (110 dpi), close it; return the path."""
+    path = Path(path)
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
     _plt().close(fig)
+    return path
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -70,9 +74,7 @@ def plot_rdfs(path: PathLike, rdfs: Mapping[str, Any], reference: Optional[Mappi
         ax.axhline(1.0, color="0.7", lw=0.6)
         ax.set_title(k)
         ax.legend(frameon=False)
-    fig.tight_layout()
-    _savefig(fig, Path(path))
-    return Path(path)
+    return _savefig(fig, path)
 
 
 def plot_log(path: PathLike, log: Mapping[str, np.ndarray], reference: Optional[Mapping[str, np.ndarray]] = None,
@@ -93,9 +95,7 @@ def plot_log(path: PathLike, log: Mapping[str, np.ndarray], reference: Optional[
     for ax in axes:
         ax.set_xlabel("time (ps)")
         ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    _savefig(fig, Path(path))
-    return Path(path)
+    return _savefig(fig, path)
 
 
 def plot_geometry(path: PathLike, geo: Mapping[str, np.ndarray], reference: Optional[Mapping[str, np.ndarray]] = None,
@@ -113,9 +113,7 @@ def plot_geometry(path: PathLike, geo: Mapping[str, np.ndarray], reference: Opti
     for ax in axes:
         ax.set_ylabel("density")
         ax.legend(frameon=False)
-    fig.tight_layout()
-    _savefig(fig, Path(path))
-    return Path(path)
+    return _savefig(fig, path)
 
 
 def plot_msd(path: PathLike, msd: Mapping[str, Any], reference: Optional[Mapping[str, Any]] = None,
@@ -128,9 +126,7 @@ def plot_msd(path: PathLike, msd: Mapping[str, Any], reference: Optional[Mapping
     ax.set_xlabel("lag (ps)")
     ax.set_ylabel("MSD (Å²)")
     ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    _savefig(fig, Path(path))
-    return Path(path)
+    return _savefig(fig, path)
 
 
 def write_analysis_report(out: PathLike, result: Dict[str, Any], curves: Mapping[str, Any],
