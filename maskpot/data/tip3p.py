@@ -201,8 +201,12 @@ def water_lattice(n_molecules: int, box: float, rng: np.random.Generator) -> np.
     return mols.reshape(-1, 3)
 
 
-def water_topology(n_molecules: int, box: float):
-    """OpenMM ``Topology`` of ``n_molecules`` HOH residues (atoms O, H1, H2) in a cubic box (Å)."""
+def water_topology(n_molecules: int, box: Optional[float]):
+    """OpenMM ``Topology`` of ``n_molecules`` HOH residues (atoms O, H1, H2, bonds O–H1, O–H2)
+    in a cubic box of side ``box`` Å; ``box=None``: no periodic box.
+
+    The one water topology of the project: the MD runners, the analysis (through
+    ``mdtraj.Topology.from_openmm``) and the tests build theirs with it."""
     from openmm import Vec3, unit
     from openmm.app import Topology, element
 
@@ -215,8 +219,9 @@ def water_topology(n_molecules: int, box: float):
         h2 = top.addAtom("H2", element.hydrogen, res)
         top.addBond(o, h1)
         top.addBond(o, h2)
-    nm = (box * unit.angstrom).value_in_unit(unit.nanometer)
-    top.setPeriodicBoxVectors([Vec3(nm, 0, 0), Vec3(0, nm, 0), Vec3(0, 0, nm)])
+    if box is not None:
+        nm = (box * unit.angstrom).value_in_unit(unit.nanometer)
+        top.setPeriodicBoxVectors([Vec3(nm, 0, 0), Vec3(0, nm, 0), Vec3(0, 0, nm)])
     return top
 
 

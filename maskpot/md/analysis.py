@@ -82,6 +82,7 @@ def make_mdtraj(positions: np.ndarray, numbers: Sequence[int], cell: Optional[np
     import mdtraj
     from mdtraj.core import element as mdel
 
+    from maskpot.data.tip3p import water_topology
     from maskpot.md.guard import water_bonds
 
     pos = np.asarray(positions, dtype=np.float64)
@@ -89,18 +90,12 @@ def make_mdtraj(positions: np.ndarray, numbers: Sequence[int], cell: Optional[np
         pos = pos[None]
     numbers = np.asarray(numbers).reshape(-1)
     nm = nm_per_angstrom()
-    top = mdtraj.Topology()
-    chain = top.add_chain()
     bonds = water_bonds(numbers) if water_residues in (None, True) else None
     if bonds is not None:
-        for k in range(len(numbers) // 3):
-            res = top.add_residue("HOH", chain)
-            o = top.add_atom("O", mdel.oxygen, res)
-            h1 = top.add_atom("H1", mdel.hydrogen, res)
-            h2 = top.add_atom("H2", mdel.hydrogen, res)
-            top.add_bond(o, h1)
-            top.add_bond(o, h2)
+        top = mdtraj.Topology.from_openmm(water_topology(len(numbers) // 3, None))
     else:
+        top = mdtraj.Topology()
+        chain = top.add_chain()
         for i, z in enumerate(numbers):
             el = mdel.Element.getByAtomicNumber(int(z))
             res = top.add_residue("MOL", chain)

@@ -152,18 +152,11 @@ def molecule(seed: int = 0):
 
 def water_topology(atoms):
     """openmm.app.Topology (HOH residues O, H1, H2 with bonds) with the atoms' box."""
-    import openmm.app as app
     from openmm import Vec3, unit
 
-    top = app.Topology()
-    chain = top.addChain()
-    for k in range(len(atoms) // 3):
-        res = top.addResidue("HOH", chain)
-        o = top.addAtom("O", app.element.oxygen, res)
-        h1 = top.addAtom("H1", app.element.hydrogen, res)
-        h2 = top.addAtom("H2", app.element.hydrogen, res)
-        top.addBond(o, h1)
-        top.addBond(o, h2)
+    from maskpot.data.tip3p import water_topology as hoh_topology
+
+    top = hoh_topology(len(atoms) // 3, None)
     if atoms.pbc.all():
         top.setPeriodicBoxVectors([Vec3(*row) for row in np.asarray(atoms.cell)] * unit.angstrom)
     return top

@@ -365,18 +365,11 @@ def _md_run(folder: Path, n_frames: int = 151, report_every: int = 10, dt_ps: fl
     """A runner-like folder: traj.dcd (3 waters), topology.pdb, md.csv, run.json."""
     from openmm import app, unit
 
+    from maskpot.data.tip3p import water_topology
+
     folder.mkdir(parents=True, exist_ok=True)
-    top = app.Topology()
-    chain = top.addChain()
-    for _ in range(3):
-        r = top.addResidue("HOH", chain)
-        o = top.addAtom("O", app.element.oxygen, r)
-        h1 = top.addAtom("H1", app.element.hydrogen, r)
-        h2 = top.addAtom("H2", app.element.hydrogen, r)
-        top.addBond(o, h1)
-        top.addBond(o, h2)
+    top = water_topology(3, 12.0)
     box = np.eye(3) * 1.2
-    top.setPeriodicBoxVectors(box * unit.nanometer)
     base = np.concatenate([OH + [2 + 4 * k, 2, 2] for k in range(3)]) / 10.0
     rng = np.random.default_rng(0)
     with open(folder / "topology.pdb", "w") as fh:
