@@ -143,6 +143,9 @@ class MaskpotCalculator(Calculator):
         module, self.kind, self.cutoff, self.species = load_potential(model, self.device)
         self.training_periodicity = training_periodicity(model)
         if dtype is not None:
+            if not getattr(module, "castable", True) and resolve_dtype(dtype) != _module_dtype(module):
+                raise ValueError(f"MaskpotCalculator: a pt2 export is compiled for {_module_dtype(module)}; "
+                                 f"dtype={dtype!r} needs a new export (maskpot-export --dtype)")
             module = module.to(resolve_dtype(dtype))
         self.module = module.eval()
         self.dtype = _module_dtype(self.module)
@@ -192,6 +195,10 @@ class MaskpotCalculator(Calculator):
                     f"{self.kind}-centric (forces are predicted directly, there is no energy to differentiate)")
             if not periodic:
                 raise PropertyNotImplementedError("MaskpotCalculator: stress is only defined for periodic cells")
+            if not getattr(self.module, "differentiable", True):
+                raise PropertyNotImplementedError(
+                    "MaskpotCalculator: stress needs a differentiable model; a pt2 export returns energy and "
+                    "forces only (use the TorchScript export or the checkpoint for stress)")
 
         pos = torch.tensor(atoms.get_positions(), dtype=self.dtype, device=self.device)
         cell = torch.tensor(np.asarray(atoms.cell) if periodic else np.zeros((3, 3)), dtype=self.dtype, device=self.device)

@@ -1,4 +1,10 @@
-"""Export a trained model to one self-describing TorchScript file.
+"""Export a trained model to one self-describing file: TorchScript (``.pt``) or pt2 (``.pt2``).
+
+TorchScript is the format openmm-torch's ``TorchForce`` loads and is described below. The pt2
+format (torch.export + AOTInductor, :mod:`maskpot.deploy.pt2`; TorchScript is deprecated since
+torch 2.11) carries the same metadata (``file_format: "pt2"``), loads through
+:func:`load_exported` into a module with the same call, and serves the ASE calculator and the
+OpenMM ``PythonForce``.
 
 The file holds a scripted :class:`ExportedPotential` (the model with its neighbour list inside,
 for one frame at a time) and a JSON metadata record stored as the TorchScript *extra file*
@@ -28,7 +34,8 @@ name), ``kind`` ("energy" | "force"), ``cutoff`` (Å), ``species`` (atomic numbe
 
 Command line::
 
-    maskpot-export CHECKPOINT -o model.pt [--dtype float32|float64] [--ema/--no-ema]
+    maskpot-export CHECKPOINT -o model.pt|model.pt2 [--format auto|torchscript|pt2]
+                   [--dtype float32|float64] [--ema/--no-ema]
                    [--neighbor-backend torch|vesin]
     maskpot-export --info model.pt
 
@@ -60,6 +67,7 @@ UNITS = {"length": "angstrom", "energy": "eV", "forces": "eV/angstrom"}
 DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 MAX_Z = 118
 NEIGHBOR_BACKENDS = ("torch", "vesin")
+FILE_FORMATS = ("torchscript", "pt2")
 
 
 @contextlib.contextmanager
@@ -96,6 +104,35 @@ def dtype_name(dtype: torch.dtype) -> str:
     raise ExportError(f"unsupported dtype {dtype}; expected one of {sorted(DTYPES)}")
 
 
+def check_inputs(positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor, known_species: Tensor,
+                 species: List[int]) -> Tensor:
+    """Shapes of one frame's inputs and its elements against the model's; returns the atomic
+    numbers as int64. ValueError naming what is wrong (TorchScript and pt2 exports alike)."""
+    if positions.dim() != 2 or positions.shape[1] != 3:
+        raise ValueError("positions must have shape [N, 3], got {}".format(positions.shape))
+    n = positions.shape[0]
+    if atomic_numbers.dim() != 1 or atomic_numbers.shape[0] != n:
+        raise ValueError(
+            "atomic_numbers must have shape [{}] (one per position), got {}".format(n, atomic_numbers.shape)
+        )
+    if cell.dim() != 2 or cell.shape[0] != 3 or cell.shape[1] != 3:
+        raise ValueError("cell must have shape [3, 3], got {}".format(cell.shape))
+    if pbc.dim() != 1 or pbc.shape[0] != 3:
+        raise ValueError("pbc must have shape [3], got {}".format(pbc.shape))
+    if n == 0:
+        raise ValueError("no atoms")
+    numbers = atomic_numbers.to(torch.long)
+    in_range = (numbers >= 1) & (numbers <= 118)
+    safe = torch.where(in_range, numbers, torch.zeros_like(numbers))
+    ok = in_range & known_species[safe]
+    if not bool(ok.all()):
+        bad: List[int] = torch.unique(numbers[~ok]).tolist()
+        raise ValueError(
+            "unknown element(s) with atomic number {}; this model knows {}".format(bad, species)
+        )
+    return numbers
+
+
 class ExportedPotential(torch.nn.Module):
     """Single-frame wrapper around a maskpot model: the module inside every export file.
 
@@ -126,28 +163,8 @@ class ExportedPotential(torch.nn.Module):
     def forward(self, positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor) -> Tuple[Tensor, Tensor]:
         """(positions [N, 3] Å, atomic_numbers [N], cell [3, 3] Å, pbc [3] bool) →
         (energy [] eV, forces [N, 3] eV/Å)."""
-        if positions.dim() != 2 or positions.shape[1] != 3:
-            raise ValueError("positions must have shape [N, 3], got {}".format(positions.shape))
+        numbers = check_inputs(positions, atomic_numbers, cell, pbc, self.known_species, self.species)
         n = positions.shape[0]
-        if atomic_numbers.dim() != 1 or atomic_numbers.shape[0] != n:
-            raise ValueError(
-                "atomic_numbers must have shape [{}] (one per position), got {}".format(n, atomic_numbers.shape)
-            )
-        if cell.dim() != 2 or cell.shape[0] != 3 or cell.shape[1] != 3:
-            raise ValueError("cell must have shape [3, 3], got {}".format(cell.shape))
-        if pbc.dim() != 1 or pbc.shape[0] != 3:
-            raise ValueError("pbc must have shape [3], got {}".format(pbc.shape))
-        if n == 0:
-            raise ValueError("no atoms")
-        numbers = atomic_numbers.to(torch.long)
-        in_range = (numbers >= 1) & (numbers <= 118)
-        safe = torch.where(in_range, numbers, torch.zeros_like(numbers))
-        ok = in_range & self.known_species[safe]
-        if not bool(ok.all()):
-            bad: List[int] = torch.unique(numbers[~ok]).tolist()
-            raise ValueError(
-                "unknown element(s) with atomic number {}; this model knows {}".format(bad, self.species)
-            )
         dtype = self.dtype_ref.dtype
         pos = positions.to(dtype)
         if not pos.requires_grad:
@@ -216,8 +233,9 @@ def export_model(
     metadata: Optional[Mapping[str, Any]] = None,
     use_ema: bool = True,
     neighbor_backend: str = "torch",
+    file_format: str = "auto",
 ) -> Dict[str, Any]:
-    """Script a model (or the model of a checkpoint) and write it with its metadata.
+    """Script (or AOT-compile) a model (or the model of a checkpoint) and write it with its metadata.
 
     Args:
         model_or_checkpoint: a maskpot model or the path of a maskpot checkpoint.
@@ -226,6 +244,8 @@ def export_model(
         metadata: extra JSON-serialisable metadata, stored under ``"user"``.
         use_ema: checkpoint only: export the EMA weights when the checkpoint has them.
         neighbor_backend: "torch" (portable) or "vesin" (loading then needs vesin-torch).
+        file_format: "torchscript", "pt2" (torch.export + AOTInductor, :mod:`maskpot.deploy.pt2`)
+            or "auto" (pt2 when ``path`` ends in ``.pt2``, else TorchScript).
 
     Returns:
         the metadata dict written to the file.
@@ -235,6 +255,12 @@ def export_model(
         a model lacking ``kind``/``cutoff``/``species``, or a model that does not script.
     """
     torch_dtype = resolve_dtype(dtype)
+    if file_format == "auto":
+        file_format = "pt2" if str(path).endswith(".pt2") else "torchscript"
+    if file_format not in FILE_FORMATS:
+        raise ExportError(f"unknown export format {file_format!r}; expected one of {list(FILE_FORMATS)}")
+    if file_format == "pt2" and not str(path).endswith(".pt2"):
+        raise ExportError(f"export: a pt2 export file must end in .pt2, got {path}")
     if isinstance(model_or_checkpoint, torch.nn.Module):
         model = copy.deepcopy(model_or_checkpoint)
         config = getattr(model, "config", None)
@@ -260,12 +286,13 @@ def export_model(
     model = model.to(torch_dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapper = ExportedPotential(model)
-    try:
-        with quiet_jit():
-            scripted = torch.jit.script(wrapper)
-    except Exception as exc:
-        raise ExportError(f"export: {type(model).__name__} cannot be compiled with TorchScript: {exc}") from exc
+    if file_format == "torchscript":
+        wrapper = ExportedPotential(model)
+        try:
+            with quiet_jit():
+                scripted = torch.jit.script(wrapper)
+        except Exception as exc:
+            raise ExportError(f"export: {type(model).__name__} cannot be compiled with TorchScript: {exc}") from exc
 
     config = info["model_config"] or {}
     if "neighbor_backend" in config:
@@ -273,6 +300,7 @@ def export_model(
     meta: Dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "file_format": file_format,
         "model": config.get("name", type(model).__name__),
         "kind": str(model.kind),
         "cutoff": float(model.cutoff),
@@ -286,6 +314,14 @@ def export_model(
         "user": dict(metadata) if metadata else {},
     }
     meta = _jsonable(meta)
+    if file_format == "pt2":
+        from maskpot.deploy.pt2 import compile_pt2
+
+        try:
+            compile_pt2(model, path, meta)
+        except RuntimeError as exc:
+            raise ExportError(f"export: {exc}") from exc
+        return meta
     with atomic_path(path) as tmp, quiet_jit():
         torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta, indent=2, sort_keys=True)})
     return meta
@@ -301,12 +337,12 @@ def read_metadata(path: PathLike) -> Dict[str, Any]:
     if not path.is_file():
         raise ExportError(f"export file {path}: file not found")
     if not zipfile.is_zipfile(path):
-        raise ExportError(f"{path} is not a TorchScript export file (not a zip archive); "
+        raise ExportError(f"{path} is not a maskpot export file (not a zip archive); "
                           "a checkpoint must first be exported with maskpot-export")
     with zipfile.ZipFile(path) as zf:
         names = [n for n in zf.namelist() if n.endswith("/extra/" + METADATA_FILE)]
         if not names:
-            raise ExportError(f"{path} is a TorchScript/zip file without {METADATA_FILE}: not a maskpot export file")
+            raise ExportError(f"{path} is a TorchScript/pt2/zip file without {METADATA_FILE}: not a maskpot export file")
         text = zf.read(names[0]).decode("utf-8")
     try:
         meta = json.loads(text)
@@ -323,11 +359,13 @@ def read_metadata(path: PathLike) -> Dict[str, Any]:
     return meta
 
 
-def load_exported(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
-    """Load an export file: ``(scripted module, metadata dict)``.
+def load_exported(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Load an export file: ``(module, metadata dict)``.
 
-    Equivalent to ``torch.jit.load(path, _extra_files={"metadata.json": ""})`` plus validation
+    TorchScript: ``torch.jit.load(path, _extra_files={"metadata.json": ""})`` plus validation
     of the metadata (and ``import vesin_torch`` for files exported with that backend).
+    pt2 (metadata ``file_format: "pt2"``): a :class:`maskpot.deploy.pt2.Pt2Potential`. Both
+    have the call ``(positions, atomic_numbers, cell, pbc) -> (energy, forces)``.
     """
     meta = read_metadata(path)
     if meta.get("neighbor_backend") == "vesin":
@@ -335,6 +373,10 @@ def load_exported(path: PathLike, map_location: Union[str, torch.device] = "cpu"
             import vesin_torch  # noqa: F401  (registers the TorchScript custom class)
         except ImportError as exc:
             raise ImportError(f"{path} was exported with the vesin neighbour list: pip install 'maskpot[vesin]'") from exc
+    if meta.get("file_format", "torchscript") == "pt2":
+        from maskpot.deploy.pt2 import Pt2Potential
+
+        return Pt2Potential(path, meta, device=map_location), meta
     extra = {METADATA_FILE: ""}
     try:
         with quiet_jit():
@@ -377,6 +419,7 @@ def _format_info(meta: Mapping[str, Any]) -> str:
         f"species         {meta.get('species')}",
         f"dtype           {meta.get('dtype')}",
         f"units           {meta.get('units')}",
+        f"file format     {meta.get('file_format', 'torchscript')}",
         f"neighbour list  {meta.get('neighbor_backend')}",
         f"data hash       {meta.get('data_hash')}",
         f"task            {meta.get('task')}",
@@ -399,6 +442,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="export the raw weights")
     parser.add_argument("--neighbor-backend", default="torch", choices=list(NEIGHBOR_BACKENDS),
                         help="neighbour list inside the exported model (default: torch)")
+    parser.add_argument("--format", dest="file_format", default="auto", choices=["auto", *FILE_FORMATS],
+                        help="torchscript (openmm-torch, any torch), pt2 (torch.export + AOTInductor, "
+                             "faster; Python engines) or auto: pt2 for an output ending in .pt2 (default)")
     parser.add_argument("--info", metavar="MODEL_PT", help="print the metadata of an export file and exit")
     args = parser.parse_args(argv)
 
@@ -411,11 +457,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.checkpoint or not args.output:
             parser.error("give a CHECKPOINT and -o OUTPUT (or --info MODEL_PT)")
         meta = export_model(args.checkpoint, args.output, dtype=args.dtype, use_ema=args.ema,
-                            neighbor_backend=args.neighbor_backend)
+                            neighbor_backend=args.neighbor_backend, file_format=args.file_format)
     except (ValueError, ImportError, OSError) as exc:  # bad input: one line naming the file, exit 2
         print(f"maskpot-export: error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output}: {meta['model']} ({meta['kind']}-centric, cutoff {meta['cutoff']} A, "
+    print(f"wrote {args.output} ({meta['file_format']}): {meta['model']} ({meta['kind']}-centric, cutoff {meta['cutoff']} A, "
           f"species {meta['species']}, {meta['dtype']})")
     return 0
 

@@ -253,7 +253,8 @@ def create_force(
     """An OpenMM Force computing a maskpot model (kJ/mol, kJ/mol/nm).
 
     Args:
-        model_path: export file written by ``maskpot-export`` / :func:`export_model`.
+        model_path: export file written by ``maskpot-export`` / :func:`export_model`
+            (TorchScript for either backend; pt2 for ``backend="python"``).
         topology_or_atomic_numbers: ``openmm.app.Topology`` or atomic numbers of *all*
             particles of the System.
         backend: "python" (``openmm.PythonForce``, default) or "torch" (openmm-torch).
@@ -314,6 +315,9 @@ def create_force(
         if atoms is not None:
             force.setParticles(atoms)
     else:
+        if meta.get("file_format", "torchscript") != "torchscript":
+            raise ValueError(f"create_force: backend='torch' (openmm-torch) runs TorchScript; {model_path} is a "
+                             f"{meta['file_format']} export: use backend='python' or export with --format torchscript")
         openmmtorch = import_openmmtorch()
         module, meta = load_exported(model_path, map_location=device)
         dtype = {"float32": torch.float32, "float64": torch.float64}[meta["dtype"]]

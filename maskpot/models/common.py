@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from maskpot.data.neighbors import make_neighbor_list
+from maskpot.data.neighbors import edge_vectors, make_neighbor_list
 
 # Largest atomic number the species table covers.
 MAX_Z = 118
@@ -195,6 +195,9 @@ class SpeciesEmbedding(nn.Module):
         self.register_buffer("z_to_index", table)
         self.embedding = nn.Embedding(len(self.species), hidden_channels)
         self.mask_embedding = nn.Parameter(torch.randn(hidden_channels))
+        # False only while tracing for torch.export / torch.compile: the check branches on data;
+        # the callers (pt2 loader, dataset) have validated the species before.
+        self.check_species: bool = True
 
     def species_index(self, numbers: Tensor) -> Tensor:
         """Species index [N] of atomic numbers [N]; ValueError for numbers not in ``species``."""
@@ -202,7 +205,7 @@ class SpeciesEmbedding(nn.Module):
         outside = (numbers < 0) | (numbers > max_z)
         idx = self.z_to_index[numbers.clamp(0, max_z)]
         bad = outside | (idx < 0)
-        if bool(bad.any()):
+        if self.check_species and bool(bad.any()):
             unknown: List[int] = torch.unique(numbers[bad]).tolist()
             raise ValueError(
                 "unknown atomic numbers " + str(unknown) + ": this model knows species " + str(self.species)
@@ -355,7 +358,12 @@ class PotentialBase(nn.Module):
         if "mask_numbers" in data:
             mask_numbers = data["mask_numbers"]
         h0 = self.embedding(species_idx, mask, mask_numbers)
-        edge_index, edge_vec, _ = self.neighbors(positions, cell, pbc, batch)
+        if "edge_index" in data:
+            # precomputed neighbours (the pt2 export runs its search outside the compiled graph)
+            edge_index = data["edge_index"]
+            edge_vec = edge_vectors(positions, cell, batch, edge_index, data["shifts"])
+        else:
+            edge_index, edge_vec, _ = self.neighbors(positions, cell, pbc, batch)
         return positions, species_idx, h0, batch, n_graphs, edge_index, edge_vec
 
     def _conservative_forces(self, energy: Tensor, positions: Tensor) -> Tensor:
