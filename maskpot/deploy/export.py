@@ -337,7 +337,7 @@ def read_metadata(path: PathLike) -> Dict[str, Any]:
     if not path.is_file():
         raise ExportError(f"export file {path}: file not found")
     if not zipfile.is_zipfile(path):
-        raise ExportError(f"{path} is not a maskpot export file (not a zip archive); "
+        raise ExportError(f"{path} is not a TorchScript export file (not a zip archive); "
                           "a checkpoint must first be exported with maskpot-export")
     with zipfile.ZipFile(path) as zf:
         names = [n for n in zf.namelist() if n.endswith("/extra/" + METADATA_FILE)]
