@@ -31,9 +31,10 @@ from typing import Any, Dict, Mapping, Tuple, Union
 import torch
 from torch import Tensor
 
+from maskpot.data.neighbors import make_neighbor_list, neighbor_list
+from maskpot.deploy.export import DTYPES, MAX_Z, METADATA_FILE, check_inputs
 from maskpot.utils import PathLike, atomic_path
 
-METADATA_FILE = "metadata.json"
 MAX_ATOMS = 10_000_000
 MAX_EDGES = 2_000_000_000
 
@@ -63,8 +64,6 @@ class _CompiledCore(torch.nn.Module):
 def _example_inputs(model: torch.nn.Module, dtype: torch.dtype) -> Tuple[Tensor, ...]:
     """A small open cluster of the model's species, every pair inside the cutoff (sizes > 1,
     so that torch.export keeps the atom and edge counts symbolic)."""
-    from maskpot.data.neighbors import neighbor_list
-
     gen = torch.Generator().manual_seed(0)
     species = [int(z) for z in model.species]
     n = max(6, len(species))
@@ -103,8 +102,14 @@ def compile_pt2(model: torch.nn.Module, path: PathLike, metadata: Mapping[str, A
         warnings.simplefilter("ignore")
         try:
             torch._inductor.aoti_compile_and_package(program, package_path=str(out))
-        except Exception as exc:
-            raise RuntimeError(f"AOTInductor compilation of {type(model).__name__} failed: {exc}") from exc
+        except Exception:
+            # inductor's vectorised C++ codegen asserts on some of these graphs (torch 2.13, seen
+            # for every model in some processes); scalar kernels compile the same graph
+            try:
+                torch._inductor.aoti_compile_and_package(program, package_path=str(out),
+                                                         inductor_configs={"cpp.simdlen": 1})
+            except Exception as exc:
+                raise RuntimeError(f"AOTInductor compilation of {type(model).__name__} failed: {exc}") from exc
         # the metadata where torch.export.pt2_archive keeps extra files (load_pt2(...).extra_files)
         with zipfile.ZipFile(out) as zf:
             root = zf.namelist()[0].split("/")[0]
@@ -126,9 +131,6 @@ class Pt2Potential(torch.nn.Module):
 
     def __init__(self, path: PathLike, metadata: Mapping[str, Any], device: Union[str, torch.device] = "cpu") -> None:
         super().__init__()
-        from maskpot.data.neighbors import make_neighbor_list
-        from maskpot.deploy.export import DTYPES, MAX_Z
-
         self.path = Path(path)
         self.metadata: Dict[str, Any] = dict(metadata)
         self.kind = str(metadata["kind"])
@@ -146,8 +148,6 @@ class Pt2Potential(torch.nn.Module):
             raise ValueError(f"{self.path}: cannot be loaded as an AOTInductor package ({exc})") from exc
 
     def forward(self, positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: Tensor) -> Tuple[Tensor, Tensor]:
-        from maskpot.deploy.export import check_inputs
-
         numbers = check_inputs(positions, atomic_numbers, cell, pbc, self.known_species, self.species)
         dtype = self.dtype_ref.dtype
         pos = positions.detach().to(dtype)
