@@ -49,6 +49,7 @@ RESUME_MAY_CHANGE = (
     "train.early_stopping_patience",
     "train.num_threads",
     "train.device",
+    "train.compile",
     "output.progress",
     "output.tensorboard",
     "output.plot",

@@ -79,6 +79,7 @@ DEFAULTS: Dict[str, Any] = {
         "seed": 0,
         "num_threads": None,  # torch.set_num_threads; null = leave as is
         "device": "cpu",
+        "compile": False,  # torch.compile the training step (falls back to eager, saying why)
     },
     "init": {
         "checkpoint": None,  # start from this checkpoint (model config comes from it)
@@ -129,6 +130,7 @@ _TYPES: Dict[str, Tuple[type, ...]] = {
     "train.seed": (int,),
     "train.num_threads": (int,),
     "train.device": (str,),
+    "train.compile": (bool,),
     "init.checkpoint": (str,),
     "init.reset_heads": (bool,),
     "init.freeze_encoder": (bool,),
