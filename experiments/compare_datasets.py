@@ -1,96 +1,26 @@
 """Dataset planning of ``compare_pretraining.py``: which frames, from where, split how.
 
-One ``DatasetPlan`` per ``--dataset`` kind: rMD17 (``rmd17:<molecule>``; the multi-molecule
-pretraining pool is in ``rmd17_sources.py``), water (``water-dft``, ``tip3p``), separate TIP3P
-trajectories (``tip3p-traj``, ``water_sources.py``) and TIP3P -> DFT transfer
-(``water-dft-transfer``, ``water_transfer.py``); plus the constants of the experiment, the
-dataset-dependent argument defaults, the unlabelled pretraining file and the maskpot splits files.
-Loaded by path (``_load_sibling``), like every module of experiments/.
+One ``DatasetPlan`` (``grid.py``) per ``--dataset`` kind: rMD17 (``rmd17:<molecule>``; the
+multi-molecule pretraining pool is in ``rmd17_sources.py``), water (``water-dft``, ``tip3p``),
+separate TIP3P trajectories (``tip3p-traj``, ``water_sources.py``) and TIP3P -> DFT transfer
+(``water-dft-transfer``, ``water_transfer.py``); plus the dataset-dependent argument defaults,
+the unlabelled pretraining file and the maskpot splits files.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
-STRATEGIES = ("scratch", "denoise", "mask")
-#: Arms of --dataset water-dft-transfer only (experiments/water_transfer.py).
-TRANSFER_STRATEGIES = ("supervised", "mask_supervised", "mask_dft")
-#: Opt-in arms (issue 12), never in a default list: ``denoise_1A`` (denoising with σ = 1.0 Å, the
-#: reference code's value), ``mask_denoise`` (a σ = 0.2 Å denoising stage started from the mask
-#: checkpoint, in sequence) on any dataset; ``supervised_2x`` (supervised pretraining with twice
-#: --pretrain-epochs, the equal-compute control of mask_supervised) with water-dft-transfer only;
-#: ``mask_reference`` (the reference code's rMD17 masking, beside ``mask``'s --mask-variant) with rMD17 only.
-#: ``mask_position`` (position masking: any element, element token, displacement targets) and ``joint``
-#: (position masking + denoising in one step; issue 33) on any dataset.
-EXTRA_STRATEGIES = ("denoise_1A", "mask_denoise", "supervised_2x", "mask_reference", "mask_position", "joint")
-#: Arms that need --dataset water-dft-transfer (the TIP3P labels or the DFT candidates).
-TRANSFER_ONLY_STRATEGIES = TRANSFER_STRATEGIES + ("supervised_2x",)
-#: The default arms of water-dft-transfer (the original six).
-DEFAULT_TRANSFER_STRATEGIES = STRATEGIES + TRANSFER_STRATEGIES
-#: Every arm, in table / run order (the new arms last, so existing grids keep their order).
-ALL_STRATEGIES = STRATEGIES + TRANSFER_STRATEGIES + EXTRA_STRATEGIES
-MODELS = ("egnn", "gns", "painn", "tensornet")
-RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde", "naphthalene",
-                   "paracetamol", "salicylic", "toluene", "uracil")
+from experiments import rmd17_sources, water_sources, water_transfer
+from experiments.grid import (ALL_STRATEGIES, CONFIGS, DEFAULT_TRANSFER_STRATEGIES, STRATEGIES,
+                              TRANSFER_ONLY_STRATEGIES, DatasetPlan, parse_dataset)
 
 log = logging.getLogger("compare_pretraining")
-
-
-def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (these scripts are not a package)."""
-    from maskpot.utils import load_sibling_module
-
-    return load_sibling_module(__file__, name)
-
-
-@dataclass
-class DatasetPlan:
-    """Where the frames come from and how they are split (indices into ``labelled``)."""
-
-    name: str
-    kind: str  # "rmd17" | "water"
-    labelled: Path  # file/folder with labelled frames (pool, val, and test unless test_path)
-    test_path: Optional[Path]  # separate test file (rMD17), else test = ``test_idx`` of labelled
-    n_frames: int
-    pool_idx: np.ndarray
-    val_idx: np.ndarray
-    test_idx: np.ndarray
-    configs: Dict[str, Path]  # strategy stage -> repo config used as the base
-    pretrain_file: Path = Path()
-    mask_objective: List[str] = field(default_factory=list)
-    n_test: int = 0
-    # pretraining file layout when it does not come from pool + val of ``labelled`` (tip3p-traj)
-    pretrain_n_train: Optional[int] = None
-    pretrain_n_val: Optional[int] = None
-    sources: Dict[str, Any] = field(default_factory=dict)
-    # pretraining data sets by name ("unlabelled", "labelled", "dft": water-dft-transfer), each
-    # {file, n_train, n_val, split}; empty: the one unlabelled set above (pretrain_file)
-    pretrain_sets: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-
-
-def parse_dataset(spec: str) -> Tuple[str, str]:
-    """``water-dft`` | ``tip3p`` | ``tip3p-traj`` | ``water-dft-transfer`` | ``rmd17:<molecule>`` -> (kind, name)."""
-    if spec in ("water-dft", "tip3p"):
-        return "water", spec
-    if spec == "water-dft-transfer":
-        return "water-dft-transfer", spec
-    if spec == "tip3p-traj":
-        return "water-traj", spec
-    if spec.startswith("rmd17:"):
-        mol = spec.split(":", 1)[1]
-        if mol not in RMD17_MOLECULES:
-            raise ValueError(f"--dataset {spec}: unknown rMD17 molecule {mol!r} (one of {', '.join(RMD17_MOLECULES)})")
-        return "rmd17", spec
-    raise ValueError(f"--dataset {spec!r}: expected water-dft, tip3p, tip3p-traj, water-dft-transfer or rmd17:<molecule>")
 
 
 def resolve_defaults(args: argparse.Namespace) -> None:
@@ -192,8 +122,8 @@ def plan_dataset(args: argparse.Namespace, out: Path) -> DatasetPlan:
     if kind == "water-dft-transfer":
         _add_transfer_sources(args, out, plan)
         return plan
-    if kind == "rmd17" and _load_sibling("rmd17_sources").pretrain_molecules(args):
-        _load_sibling("rmd17_sources").add_multi_molecule_pool(args, out, plan, root)
+    if kind == "rmd17" and rmd17_sources.pretrain_molecules(args):
+        rmd17_sources.add_multi_molecule_pool(args, out, plan, root)
         return plan
     if kind == "rmd17":
         plan.sources = {"pretrain_molecules": [mol], "target_molecule": mol,
@@ -207,8 +137,7 @@ def plan_dataset(args: argparse.Namespace, out: Path) -> DatasetPlan:
 def _add_transfer_sources(args: argparse.Namespace, out: Path, plan: DatasetPlan) -> None:
     """water-dft-transfer: the TIP3P pool (labelled + unlabelled copies) and the unlabelled DFT
     candidates as pretraining sets (experiments/water_transfer.py)."""
-    src = _load_sibling("water_transfer").build_sources(out, args, _load_sibling("water_sources"), plan.labelled,
-                                                        plan.pool_idx)
+    src = water_transfer.build_sources(out, args, plan.labelled, plan.pool_idx)
     plan.pretrain_sets = src["sets"]
     unl = src["sets"]["unlabelled"]
     plan.pretrain_file, plan.pretrain_n_train, plan.pretrain_n_val = unl["file"], unl["n_train"], unl["n_val"]
@@ -222,11 +151,10 @@ def _add_transfer_sources(args: argparse.Namespace, out: Path, plan: DatasetPlan
 def _plan_water_traj(args: argparse.Namespace, out: Path, name: str) -> DatasetPlan:
     """tip3p-traj: pool, labelled and test frames from different TIP3P trajectories
     (experiments/water_sources.py); validation = the labelled trajectory's last ``--val`` frames."""
-    ws = _load_sibling("water_sources")
     if max(args.labels) > args.labelled_pool:
         raise ValueError(f"--labels {max(args.labels)} exceeds --labelled-pool {args.labelled_pool}")
-    src = ws.build_sources(out, args)
-    pool, val = ws.labelled_split(args)
+    src = water_sources.build_sources(out, args)
+    pool, val = water_sources.labelled_split(args)
     configs = {"scratch": CONFIGS / "water_scratch.yaml", "finetune": CONFIGS / "water_finetune.yaml",
                "mask": CONFIGS / "water_pretrain_mask.yaml", "denoise": CONFIGS / "water_pretrain_denoise.yaml"}
     n_test = args.test_frames or 100

@@ -61,7 +61,9 @@ Resumable: a run whose ``test_metrics.json`` exists is skipped, an interrupted o
 without ``test_metrics.json``) is resumed exactly; a run folder whose stored config differs from
 the requested one is an error (use another ``--out``).
 
-The code is split by job (modules of experiments/, loaded by path): ``compare_datasets.py``
+Also ``python -m experiments.compare_pretraining ...`` (from the repository root). The code is split
+by job (modules of the experiments package): ``grid.py`` (the experiment's constants, the
+``--dataset`` parser, ``DatasetPlan``), ``compare_datasets.py``
 (dataset planning per kind; the rMD17 multi-molecule pool in ``rmd17_sources.py``),
 ``compare_runs.py`` (run planning, configs, execution), ``compare_summary.py`` (summary.json),
 ``compare_report.py`` (plots, markdown table); this file keeps the command line and ``main``.
@@ -78,36 +80,19 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+if __package__ in (None, ""):  # run as a file (python experiments/compare_pretraining.py): the repo root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments import compare_report, stats, water_sources, water_transfer
+from experiments.compare_datasets import plan_dataset, resolve_defaults
+from experiments.compare_report import markdown, plot
+from experiments.compare_runs import check_identical_budgets, cli_line, execute, plan_runs, resolve
+from experiments.compare_summary import summarise
+from experiments.grid import (ALL_STRATEGIES, DEFAULT_DATA_ROOT, DEFAULT_TRANSFER_STRATEGIES, EXTRA_STRATEGIES, MODELS,
+                              REPO, STRATEGIES, TRANSFER_ONLY_STRATEGIES, parse_dataset)
+from experiments.rmd17_sources import pretrain_molecules
+
 log = logging.getLogger("compare_pretraining")
-
-
-def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (these scripts are not a package)."""
-    from maskpot.utils import load_sibling_module
-
-    return load_sibling_module(__file__, name)
-
-
-# the pieces of the experiment (re-exported: tests and callers use ``compare_pretraining.<name>``)
-_ds = _load_sibling("compare_datasets")
-REPO, CONFIGS, DEFAULT_DATA_ROOT = _ds.REPO, _ds.CONFIGS, _ds.DEFAULT_DATA_ROOT
-STRATEGIES, TRANSFER_STRATEGIES, ALL_STRATEGIES = _ds.STRATEGIES, _ds.TRANSFER_STRATEGIES, _ds.ALL_STRATEGIES
-EXTRA_STRATEGIES, TRANSFER_ONLY_STRATEGIES = _ds.EXTRA_STRATEGIES, _ds.TRANSFER_ONLY_STRATEGIES
-MODELS, RMD17_MOLECULES = _ds.MODELS, _ds.RMD17_MOLECULES
-DatasetPlan, parse_dataset, resolve_defaults, plan_dataset = (_ds.DatasetPlan, _ds.parse_dataset, _ds.resolve_defaults,
-                                                              _ds.plan_dataset)
-write_unlabelled_pool, labelled_subset = _ds.write_unlabelled_pool, _ds.labelled_subset
-_r17 = _load_sibling("rmd17_sources")
-pretrain_molecules, multi_molecule_selection = _r17.pretrain_molecules, _r17.multi_molecule_selection
-_runs = _load_sibling("compare_runs")
-Run, model_overrides, pretrain_seed_for, finetune_epochs = (_runs.Run, _runs.model_overrides, _runs.pretrain_seed_for,
-                                                            _runs.finetune_epochs)
-plan_runs, resolve, check_identical_budgets = _runs.plan_runs, _runs.resolve, _runs.check_identical_budgets
-check_existing, cli_line, execute = _runs.check_existing, _runs.cli_line, _runs.execute
-_sm = _load_sibling("compare_summary")
-FORCE_COL, read_curve, summarise = _sm.FORCE_COL, _sm.read_curve, _sm.summarise
-_rp = _load_sibling("compare_report")
-plot, pretrain_pool_text, markdown = _rp.plot, _rp.pretrain_pool_text, _rp.markdown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--labels", type=int, nargs="+", default=[50], help="labelled fine-tuning frames (sweep)")
     p.add_argument("--strategies", nargs="+", default=None, choices=ALL_STRATEGIES,
-                   help=f"default: {' '.join(STRATEGIES)} (water-dft-transfer: {' '.join(_ds.DEFAULT_TRANSFER_STRATEGIES)}); "
+                   help=f"default: {' '.join(STRATEGIES)} (water-dft-transfer: {' '.join(DEFAULT_TRANSFER_STRATEGIES)}); "
                         f"{', '.join(TRANSFER_ONLY_STRATEGIES)} need water-dft-transfer; opt-in only: "
                         f"{', '.join(EXTRA_STRATEGIES)} (denoise_1A: denoising with sigma 1.0 A; mask_denoise: a "
                         "sigma 0.2 A denoising stage started from the mask checkpoint; supervised_2x: supervised "
@@ -275,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if summary["results"]:  # nothing fine-tuned yet (or --pretrain-only): no curves to plot
         plot(summary, out)
     if plan.kind == "water-dft-transfer":
-        wt, st = _load_sibling("water_transfer"), _load_sibling("stats")
+        wt, st = water_transfer, stats
         wt.add_comparisons(summary, st)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         table = wt.markdown(summary, st, out)
@@ -285,8 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("done in %.1f min: %s", wall / 60, out)
         return 0
     if plan.kind == "water-traj":
-        ws = _load_sibling("water_sources")
-        table = ws.markdown(summary, _load_sibling("stats"), out)
+        ws = water_sources
+        table = ws.markdown(summary, stats, out)
         print("\n" + table)
         if args.results_md:
             ws.write_block(Path(args.results_md), summary, table)
@@ -295,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = markdown(summary)
     print("\n" + table)
     if args.results_md:
-        _rp.write_results_block(Path(args.results_md), summary, table, _rp.block_markers(summary))
+        compare_report.write_results_block(Path(args.results_md), summary, table, compare_report.block_markers(summary))
     log.info("done in %.1f min: %s", wall / 60, out)
     return 0
 

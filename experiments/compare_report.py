@@ -11,11 +11,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 
-def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (these scripts are not a package)."""
-    from maskpot.utils import load_sibling_module
-
-    return load_sibling_module(__file__, name)
+from experiments import stats
+from experiments.grid import PAIRED_ARMS
 
 
 def plot(summary: Dict[str, Any], out: Path) -> None:
@@ -154,7 +151,7 @@ def block_markers(summary: Dict[str, Any], key: Optional[str] = None) -> Tuple[s
             f"<!-- compare_pretraining {key} end -->")
 
 
-#: wording of the paired comparisons between arms (compare_summary.PAIRED_ARMS): (table title, who is "better")
+#: wording of the paired comparisons between arms (grid.PAIRED_ARMS): (table title, who is "better")
 PAIRED_TITLES = {("mask", "denoise"): ("Mask against denoise", "masking"),
                  ("mask", "denoise_1A"): ("Mask against denoise σ 1 Å", "masking"),
                  ("denoise_1A", "denoise"): ("Denoise σ 1 Å against σ 0.2 Å", "σ 1 Å"),
@@ -175,10 +172,10 @@ def _pretext_key(p: Dict[str, Any]) -> str:
 
 
 def paired_arms_lines(summary: Dict[str, Any], st: Any) -> List[str]:
-    """One markdown table per pair of compare_summary.PAIRED_ARMS present in ``summary`` (its
+    """One markdown table per pair of grid.PAIRED_ARMS present in ``summary`` (its
     ``vs_<reference>`` entries): paired test-error differences by seed, for every report."""
     lines: List[str] = []
-    for arm, ref in _load_sibling("compare_summary").PAIRED_ARMS:
+    for arm, ref in PAIRED_ARMS:
         vd = [(n, summary["results"][str(n)][arm][f"vs_{ref}"]) for n in summary["labels"]
               if f"vs_{ref}" in summary["results"].get(str(n), {}).get(arm, {})]
         if not vd:
@@ -258,7 +255,7 @@ def markdown(summary: Dict[str, Any]) -> str:
         )
     if any("vs_scratch" in summary["results"].get(str(n), {}).get(strat, {}) for n in summary["labels"]
            for strat in summary["strategies"]):
-        st = _load_sibling("stats")
+        st = stats
         lines += [
             "",
             "Against scratch, paired by seed: mean test-error difference [95 % t interval] (negative = better "

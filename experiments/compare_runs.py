@@ -16,18 +16,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-
-def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (these scripts are not a package)."""
-    from maskpot.utils import load_sibling_module
-
-    return load_sibling_module(__file__, name)
-
-
-_ds = _load_sibling("compare_datasets")
-REPO, DatasetPlan, _write_splits, labelled_subset = _ds.REPO, _ds.DatasetPlan, _ds._write_splits, _ds.labelled_subset
-file_data_hash = _ds.file_data_hash
-pretrain_molecules = _load_sibling("rmd17_sources").pretrain_molecules
+from experiments.compare_datasets import _write_splits, file_data_hash, labelled_subset
+from experiments.grid import REPO, DatasetPlan
+from experiments.rmd17_sources import pretrain_molecules
 
 
 @dataclass

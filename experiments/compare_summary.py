@@ -16,28 +16,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-FORCE_COL = "val_force_mae_meV_per_A"
+from experiments import stats
+from experiments.compare_runs import Run, _pretrain_stage, finetune_epochs
+from experiments.grid import PAIRED_ARMS, DatasetPlan
+from experiments.stats import FORCE_COL
+
 #: Pretraining arms on the unlabelled pool whose pretext score is shown next to the geometry-only rule.
 GEOMETRY_BASELINE_ARMS = ("mask", "denoise", "denoise_1A", "mask_denoise", "mask_reference", "mask_position", "joint")
-#: (arm, reference) pairs compared by seed besides every arm against scratch (``vs_<reference>``)
-PAIRED_ARMS = (("mask", "denoise"), ("mask", "denoise_1A"), ("denoise_1A", "denoise"),
-               ("mask_denoise", "denoise"), ("mask_denoise", "mask"), ("mask_reference", "mask"),
-               ("mask_reference", "denoise"), ("mask_position", "denoise"), ("joint", "denoise"),
-               ("mask_position", "mask"), ("joint", "mask"))
 
 log = logging.getLogger("compare_pretraining")
-
-
-def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (these scripts are not a package)."""
-    from maskpot.utils import load_sibling_module
-
-    return load_sibling_module(__file__, name)
-
-
-_ds, _runs = _load_sibling("compare_datasets"), _load_sibling("compare_runs")
-DatasetPlan, Run = _ds.DatasetPlan, _runs.Run
-finetune_epochs, _pretrain_stage = _runs.finetune_epochs, _runs._pretrain_stage
 
 
 def read_curve(run_dir: Path, column: str = FORCE_COL) -> List[float]:
@@ -258,7 +245,7 @@ def _add_vs_scratch(args: argparse.Namespace, runs: Sequence[Run], results: Dict
     MAE (experiments/stats.py). Needs the scratch strategy."""
     if "scratch" not in args.strategies:
         return
-    st = _load_sibling("stats")
+    st = stats
     ft = {(r.strategy, r.seed): r for r in runs if r.stage == "finetune" and r.n_label == n_label and r.name in results}
     seeds = sorted(s for (strat, s) in ft if strat == "scratch")
     for strat in args.strategies:

@@ -8,20 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
-
-def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (these scripts are not a package)."""
-    from maskpot.utils import load_sibling_module
-
-    return load_sibling_module(__file__, name)
-
-
-_ds = _load_sibling("compare_datasets")
-RMD17_MOLECULES, DatasetPlan, parse_dataset = _ds.RMD17_MOLECULES, _ds.DatasetPlan, _ds.parse_dataset
+from experiments.grid import RMD17_MOLECULES, DatasetPlan, parse_dataset
 
 
 def pretrain_molecules(args: argparse.Namespace) -> List[str]:

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from maskpot.utils import load_sibling_module
+from experiments import compare_report
 
 log = logging.getLogger("compare_pretraining")
 
@@ -116,19 +116,14 @@ def labelled_split(args: Any) -> Tuple[np.ndarray, np.ndarray]:
 # tables (from summary.json only)
 # ------------------------------------------------------------------------------------------
 def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
-    from maskpot.utils import load_sibling_module
-
     key = f"tip3p-traj {summary['out_name']}:lr{summary['budgets']['finetune_lr']:g}"
-    return load_sibling_module(__file__, "compare_report").block_markers(summary, key)
+    return compare_report.block_markers(summary, key)
 
 
 def write_block(md: Path, summary: Dict[str, Any], table: str) -> None:
     """Replace this experiment's generated block of ``md`` (or append it): reruns and partial
     summaries update the same section instead of appending copies."""
-    from maskpot.utils import load_sibling_module
-
-    load_sibling_module(__file__, "compare_report").write_results_block(md, summary, table, block_markers(summary))
-
+    compare_report.write_results_block(md, summary, table, block_markers(summary))
 
 
 def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
@@ -195,7 +190,7 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
                 f"| {f['n_lower']}/{f['n']} | {st.format_ci(v['energy_mae_meV_per_atom'], 3)} "
                 f"| {st.format_ci(ec, 3) if ec else 'n/a'} | {ep} "
                 f"| {', '.join(str(x) for x in (sc or {}).get('epochs_done_per_seed', []))} |")
-    lines += load_sibling_module(__file__, "compare_report").paired_arms_lines(summary, st)
+    lines += compare_report.paired_arms_lines(summary, st)
     for strat, p in pre.items():
         curves = [c for c in p.get("curve_per_seed", []) if c]
         if not curves:

@@ -45,18 +45,14 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from experiments import compare_report
+from experiments import water_sources as ws
+
 log = logging.getLogger("compare_pretraining")
 
 
-def _load_sibling(name: str) -> Any:
-    """Another module of experiments/, loaded by path (these scripts are not a package)."""
-    from maskpot.utils import load_sibling_module
-
-    return load_sibling_module(__file__, name)
-
-
-def build_sources(out: Path, args: Any, ws: Any, dft_path: Path, dft_pool_idx: np.ndarray) -> Dict[str, Any]:
-    """Generate (or reuse) the TIP3P pool trajectories (``ws`` = experiments/water_sources.py);
+def build_sources(out: Path, args: Any, dft_path: Path, dft_pool_idx: np.ndarray) -> Dict[str, Any]:
+    """Generate (or reuse) the TIP3P pool trajectories (experiments/water_sources.py);
     write the labelled and unlabelled TIP3P pretraining files and the unlabelled DFT-candidate
     file. Returns paths, sizes and seeds."""
     from maskpot.data.io import read_dataset, write_npz
@@ -147,13 +143,12 @@ def add_comparisons(summary: Dict[str, Any], st: Any) -> None:
 def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
     key = (f"water-dft-transfer {summary['out_name']}:pool{summary['sizes'].get('pretrain_train')}"
            f":lr{summary['budgets']['finetune_lr']:g}")
-    return _load_sibling("compare_report").block_markers(summary, key)
+    return compare_report.block_markers(summary, key)
 
 
 def write_block(md: Path, summary: Dict[str, Any], table: str) -> None:
     """Replace this experiment's generated block of ``md`` (or append it)."""
-    _load_sibling("compare_report").write_results_block(md, summary, table, block_markers(summary))
-
+    compare_report.write_results_block(md, summary, table, block_markers(summary))
 
 
 def _significant_lower(d: Dict[str, Any]) -> bool:
@@ -215,7 +210,7 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
         f"in half of the molecules (cosine loss); denoise σ = 0.2 Å; supervised = TIP3P energies/forces with the "
         f"fine-tuning loss (L1, energy/atom 1 + forces 500); mask_supervised = that supervised stage started from "
         f"the mask checkpoint (in sequence: the pretraining of both)."
-        + (" " + _load_sibling("compare_report").extra_arms_text(summary) if any(
+        + (" " + compare_report.extra_arms_text(summary) if any(
             s in summary["strategies"] for s in ("denoise_1A", "mask_denoise", "supervised_2x")) else "")
         + " Fine-tuning (identical for every arm, only the initial weights differ): "
         f"at most " + ", ".join(f"{e} epochs at N = {n}" for n, e in b.get("finetune_epochs_per_n", {}).items())

@@ -9,7 +9,6 @@ import os
 import platform
 import random
 import tempfile
-import types
 from pathlib import Path
 from typing import Any, Dict, Iterator, Union
 
@@ -146,19 +145,3 @@ def upsert_marked_block(path: PathLike, begin: str, end: str, text: str) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.is_file() else ""
     atomic_write_text(path, old.rstrip("\n") + "\n\n" + begin + "\n" + text.strip("\n") + "\n" + end + "\n")
-
-
-def load_sibling_module(file: PathLike, name: str) -> "types.ModuleType":
-    """The module ``<name>.py`` beside ``file``, loaded by path once per process (kept in
-    ``sys.modules`` as ``maskpot_experiments_<name>``): for script folders that are not packages
-    (experiments/, benchmarks run as files), whose modules must share one instance."""
-    import importlib.util
-    import sys
-
-    key = f"maskpot_experiments_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(file).resolve().with_name(f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[key] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[key]

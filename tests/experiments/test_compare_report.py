@@ -3,23 +3,15 @@ of the last (resumed) invocation of the driver."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import importlib
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("maskpot_experiments_compare_report",
-                                                  REPO / "experiments" / "compare_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("experiments.compare_report")
 
 
 def test_wall_time_sums_the_runs_of_a_resumed_grid(report) -> None:

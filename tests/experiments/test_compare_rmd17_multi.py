@@ -12,29 +12,25 @@ paired by seed."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "experiments" / "compare_pretraining.py"
+from experiments.grid import RMD17_MOLECULES
+from experiments.rmd17_sources import pretrain_molecules
+
 MOLS = ("aspirin", "ethanol", "uracil")  # canonical (RMD17_MOLECULES) order
 N_ATOMS = {"aspirin": 21, "ethanol": 9, "uracil": 12}
 K, V = 4, 2  # pretraining / pretext-validation frames per molecule
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("compare_pretraining", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("experiments.compare_pretraining")
 
 
 @pytest.fixture(scope="module")
@@ -204,4 +200,4 @@ def test_pretrain_molecules_options_are_checked(cmp, shared_data, tmp_path) -> N
         cmp.main(["--dataset", "rmd17:ethanol", "--pretrain-molecules", "ethanol", "caffeine",
                   "--out", str(tmp_path / "b")])
     args = cmp.build_parser().parse_args(["--dataset", "rmd17:aspirin", "--pretrain-molecules", "all"])
-    assert cmp.pretrain_molecules(args) == list(cmp.RMD17_MOLECULES)
+    assert pretrain_molecules(args) == list(RMD17_MOLECULES)

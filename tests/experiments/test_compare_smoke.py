@@ -4,11 +4,10 @@ the pretraining stage must never see labels; the three fine-tuning runs must sha
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,15 @@ import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "experiments" / "compare_pretraining.py"
+from experiments.compare_datasets import _write_splits, plan_dataset
+from experiments.compare_runs import plan_runs, resolve
+from experiments.compare_summary import summarise
+
 STRATEGIES = ("scratch", "denoise", "mask")
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("compare_pretraining", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("experiments.compare_pretraining")
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +177,7 @@ def test_old_splits_files_get_the_hash_and_wrong_hashes_fail(cmp, tmp_path) -> N
     from maskpot.data.dataset import save_splits
     from maskpot.data.validate import DataValidationError
 
-    write = cmp._ds._write_splits
+    write = _write_splits
     path = tmp_path / "s.npz"
     idx = {"train": np.arange(3), "val": np.arange(3, 5), "test": np.zeros(0, dtype=np.int64)}
     save_splits(path, idx, 5)  # as written by an older driver: no hash
@@ -216,18 +213,18 @@ def test_reference_options_reach_the_run_configs(cmp, shared_data, tmp_path) -> 
         "--data-root", str(shared_data), "--out", str(tmp_path),
     ])
     args.strategies = list(STRATEGIES)
-    plan = cmp.plan_dataset(args, tmp_path)
-    runs = {r.name: r for r in cmp.plan_runs(args, plan, tmp_path)}
-    mask = cmp.resolve(runs["pretrain_mask_s0"])
+    plan = plan_dataset(args, tmp_path)
+    runs = {r.name: r for r in plan_runs(args, plan, tmp_path)}
+    mask = resolve(runs["pretrain_mask_s0"])
     assert mask["objective"]["mask_variant"] == "reference" and mask["objective"]["cosine_form"] == "mean"
     assert isinstance(build_objective(mask["task"], mask["objective"]).transform, MaskElementsReference)
     for name in ("pretrain_mask_s0", "pretrain_denoise_s0", "ft_scratch_n8_s0"):
-        model = cmp.resolve(runs[name])["model"]
+        model = resolve(runs[name])["model"]
         assert model["coord_updates"] is True and model["distance_input"] == "squared"
     assert build_model({**model, "species": [1, 6, 8]}).coord_updates
-    assert "mask_variant" not in cmp.resolve(runs["pretrain_denoise_s0"])["objective"]
+    assert "mask_variant" not in resolve(runs["pretrain_denoise_s0"])["objective"]
     # the tables and plots name it apart from maskpot's EGNN
-    assert cmp.summarise(args, plan, list(runs.values()), {}, 0.0, "cmd")["model"]["name"] == "egnn-reference"
+    assert summarise(args, plan, list(runs.values()), {}, 0.0, "cmd")["model"]["name"] == "egnn-reference"
     with pytest.raises(SystemExit, match="needs --model egnn"):
         cmp.main(["--model", "painn", "--egnn-reference", "--out", str(tmp_path / "x")])
 

@@ -5,9 +5,8 @@ pretraining seed; the tables come from summary.json and update one marked block 
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,6 @@ import pytest
 
 pytest.importorskip("openmm")
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "experiments" / "compare_pretraining.py"
 
 TINY = [
     "--dataset", "tip3p-traj", "--model", "egnn", "--hidden", "8", "--layers", "1",
@@ -29,11 +26,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def cmp():
-    spec = importlib.util.spec_from_file_location("compare_pretraining_wt", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("experiments.compare_pretraining")
 
 
 @pytest.fixture(scope="module")

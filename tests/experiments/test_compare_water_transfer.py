@@ -8,19 +8,19 @@ level (their overrides, without training)."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from experiments.compare_datasets import resolve_defaults
+from experiments.compare_runs import check_identical_budgets, cli_line, plan_runs, resolve
+from experiments.grid import CONFIGS, DatasetPlan
+
 pytest.importorskip("openmm")
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "experiments" / "compare_pretraining.py"
 ARMS = ("scratch", "denoise", "mask", "supervised", "mask_supervised", "mask_dft", "mask_denoise")
 
 TINY = [
@@ -35,11 +35,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def cmp():
-    spec = importlib.util.spec_from_file_location("compare_pretraining_wdt", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("experiments.compare_pretraining")
 
 
 @pytest.fixture(scope="module")
@@ -210,10 +206,10 @@ def _plan(cmp, tmp_path, strategies, dataset="water-dft-transfer"):
         "--dataset", dataset, "--model", "egnn", "--hidden", "8", "--layers", "1", "--labels", "4",
         "--seeds", "0", "1", "--pretrain-seeds", "0", "--pretrain-epochs", "3", "--threads", "1",
         "--out", str(tmp_path), *(["--strategies", *strategies] if strategies else [])])
-    cmp.resolve_defaults(args)
-    c = cmp.CONFIGS
+    resolve_defaults(args)
+    c = CONFIGS
     _stand_in_files(tmp_path, {"dft_labelled.npz": 20, "unl.npz": 8, "lab.npz": 8, "dft.npz": 10})
-    plan = cmp.DatasetPlan(
+    plan = DatasetPlan(
         name=dataset, kind="water-dft-transfer", labelled=tmp_path / "dft_labelled.npz", test_path=None, n_frames=20,
         pool_idx=np.arange(10), val_idx=np.arange(10, 14), test_idx=np.arange(14, 20),
         configs={"scratch": c / "water_scratch.yaml", "finetune": c / "water_finetune.yaml",
@@ -222,7 +218,7 @@ def _plan(cmp, tmp_path, strategies, dataset="water-dft-transfer"):
                        "labelled": {"file": tmp_path / "lab.npz", "split": "pretrain_labelled.npz", "n_train": 6,
                                     "n_val": 2},
                        "dft": {"file": tmp_path / "dft.npz", "split": "pretrain_dft.npz", "n_train": 9, "n_val": 1}})
-    return args, {r.name: r for r in cmp.plan_runs(args, plan, tmp_path)}
+    return args, {r.name: r for r in plan_runs(args, plan, tmp_path)}
 
 
 def _without(cfg, *keys):
@@ -239,13 +235,13 @@ def _without(cfg, *keys):
 def test_pretraining_sets_sharing_a_splits_file_are_refused(cmp, tmp_path) -> None:
     """A splits file carries the hash of one data file, so two pretraining sets cannot share one."""
     args, _ = _plan(cmp, tmp_path, ["scratch", "mask"])
-    plan = cmp.DatasetPlan(
+    plan = DatasetPlan(
         name="water-dft-transfer", kind="water-dft-transfer", labelled=tmp_path / "dft_labelled.npz", test_path=None,
         n_frames=20, pool_idx=np.arange(10), val_idx=np.arange(10, 14), test_idx=np.arange(14, 20), configs={},
         pretrain_sets={"unlabelled": {"file": tmp_path / "unl.npz", "split": "pretrain.npz", "n_train": 6, "n_val": 2},
                        "labelled": {"file": tmp_path / "lab.npz", "split": "pretrain.npz", "n_train": 6, "n_val": 2}})
     with pytest.raises(ValueError, match=r"shared: \['pretrain.npz'\]"):
-        cmp.plan_runs(args, plan, tmp_path / "other")
+        plan_runs(args, plan, tmp_path / "other")
 
 
 def test_new_arms_plan(cmp, tmp_path) -> None:
@@ -259,7 +255,7 @@ def test_new_arms_plan(cmp, tmp_path) -> None:
     pre = [n for n, r in runs.items() if r.stage == "pretrain"]
     assert pre == ["pretrain_denoise_s0", "pretrain_mask_s0", "pretrain_supervised_s0", "pretrain_mask_supervised_s0",
                    "pretrain_denoise_1A_s0", "pretrain_mask_denoise_s0", "pretrain_supervised_2x_s0"]
-    cfg = {n: cmp.resolve(r) for n, r in runs.items()}
+    cfg = {n: resolve(r) for n, r in runs.items()}
     # denoise_1A
     d1 = cfg["pretrain_denoise_1A_s0"]
     assert "objective={noise_sigma: 1.0, denoise_target: noise}" in runs["pretrain_denoise_1A_s0"].overrides
@@ -291,9 +287,9 @@ def test_new_arms_plan(cmp, tmp_path) -> None:
             r = runs[f"ft_{arm}_n4_s{seed}"]
             assert r.depends == f"pretrain_{arm}_s0"
             assert cfg[r.name]["init"]["checkpoint"].endswith(f"pretrain_{arm}_s0/best.pt")
-    cmp.check_identical_budgets(cfg, list(runs.values()))
+    check_identical_budgets(cfg, list(runs.values()))
     # the commands.sh line of mask_denoise overrides the base config's model with the mask stage's
-    line = cmp.cli_line(mdr)
+    line = cli_line(mdr)
     assert "model.hidden_channels=8" in line and "pretrain_mask_s0/best.pt" in line
 
 
@@ -312,5 +308,5 @@ def test_new_arms_defaults_and_checks(cmp, tmp_path) -> None:
     with pytest.raises(SystemExit, match="only with --dataset water-dft-transfer"):
         cmp.main(["--dataset", "water-dft", "--strategies", "scratch", "supervised_2x", "--out", str(tmp_path / "x")])
     args = cmp.build_parser().parse_args(["--dataset", "water-dft", "--strategies", "denoise_1A", "mask_denoise"])
-    cmp.resolve_defaults(args)  # the unlabelled-pool arms work on any dataset
+    resolve_defaults(args)  # the unlabelled-pool arms work on any dataset
     assert args.strategies == ["denoise_1A", "mask_denoise"]
