@@ -103,9 +103,10 @@ RECIPE = ["train.lr=3e-3", "train.min_lr=1e-5", "train.batch_size=4", "train.ear
 #: TensorNet 64x2 5 Å, our accurate model (``configs/rmd17_accurate.yaml``'s, the one meant to
 #: match MACE's accuracy); PaiNN 64x1 3.5 Å, our fast default (the water table's candidate for
 #: the >= 30x speed line), i.e. the two ends of our accuracy / cost range. PaiNN 128x3 5 Å (the
-#: painn default) is available but off by default: it costs more than TensorNet 64x2 per step
-#: and had 1.5x its validation force error on ethanol at the same epoch (the config's note), so
-#: it would spend a third of a fixed total budget on a point dominated in advance.
+#: painn default before issue 34) is available but off by default: it costs more than TensorNet
+#: 64x2 per step and had 1.5x its validation force error on ethanol at the same epoch (the
+#: config's note), so it would spend a third of a fixed total budget on a point dominated in
+#: advance.
 RMD17_MODELS: Dict[str, Any] = {
     MACE: "mace",
     "tensornet 64x2 5 Å": {"name": "tensornet", "hidden_channels": 64, "num_layers": 2, "cutoff": 5.0, "num_rbf": 20},

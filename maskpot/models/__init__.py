@@ -20,6 +20,7 @@ from maskpot.models.registry import (
     MODEL_REGISTRY,
     build_model,
     default_config,
+    model_defaults,
     register_model,
     resolve_config,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "MODEL_REGISTRY",
     "build_model",
     "default_config",
+    "model_defaults",
     "register_model",
     "resolve_config",
     "EGNN",

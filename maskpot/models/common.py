@@ -21,6 +21,10 @@ from maskpot.data.neighbors import edge_vectors, make_neighbor_list
 # Largest atomic number the species table covers.
 MAX_Z = 118
 
+#: Default cutoff of egnn, gns and painn, Å: the masked-pretraining paper's water cutoff (the first
+#: O-O shell), also the README's fast PaiNN. TensorNet (the molecule / rMD17 model) uses 5 Å.
+WATER_CUTOFF = 3.5
+
 
 # --------------------------------------------------------------------------------------------
 # small functions

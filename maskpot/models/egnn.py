@@ -38,7 +38,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from maskpot.models.common import EnergyModel, activation, mlp, scatter_sum
+from maskpot.models.common import WATER_CUTOFF, EnergyModel, activation, mlp, scatter_sum
 from maskpot.models.registry import register_model
 
 
@@ -82,24 +82,12 @@ class EGNNLayer(nn.Module):
 class EGNN(EnergyModel):
     """Energy-centric EGNN. See the module docstring."""
 
-    DEFAULTS = {
-        "cutoff": 3.5,
-        "hidden_channels": 128,
-        "num_layers": 5,
-        "num_rbf": 20,
-        "activation": "silu",
-        "radial_basis": "bessel",
-        "envelope": "polynomial",
-        "envelope_exponent": 6,
-        "coord_updates": False,
-        "distance_input": "rbf",
-    }
     DISTANCE_INPUTS = ("rbf", "squared")
 
     def __init__(
         self,
         species: Sequence[int],
-        cutoff: float = 3.5,
+        cutoff: float = WATER_CUTOFF,
         hidden_channels: int = 128,
         num_layers: int = 5,
         num_rbf: int = 20,

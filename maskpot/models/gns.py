@@ -28,7 +28,7 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from maskpot.models.common import PotentialBase, activation, mlp, scatter_sum
+from maskpot.models.common import WATER_CUTOFF, PotentialBase, activation, mlp, scatter_sum
 from maskpot.models.registry import register_model
 
 
@@ -66,22 +66,10 @@ class GNSProcessorStep(nn.Module):
 class GNS(PotentialBase):
     """Force-centric GNS with symmetric pair weights. See the module docstring."""
 
-    DEFAULTS = {
-        "cutoff": 3.5,
-        "hidden_channels": 128,
-        "num_layers": 4,
-        "num_rbf": 20,
-        "activation": "silu",
-        "radial_basis": "bessel",
-        "envelope": "polynomial",
-        "envelope_exponent": 6,
-        "mlp_layers": 2,
-    }
-
     def __init__(
         self,
         species: Sequence[int],
-        cutoff: float = 3.5,
+        cutoff: float = WATER_CUTOFF,
         hidden_channels: int = 128,
         num_layers: int = 4,
         num_rbf: int = 20,

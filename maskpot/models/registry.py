@@ -11,7 +11,12 @@ Config keys (all optional except ``name`` and ``species``)::
     dtype             "float32" | "float64"
     neighbor_backend  "torch" | "vesin" | "auto"
     vector_head       bool: extra equivariant per-atom vector output (pretraining)
-    + model-specific keys (each class's ``DEFAULTS``)
+    + model-specific keys
+
+A model's keys and their defaults are its constructor's keyword parameters (all but ``species``):
+the ``__init__`` signature is the one place they are defined (``model_defaults(name)`` reads
+them). ``dtype`` and the other ``COMMON_DEFAULTS`` keys take their defaults from
+``COMMON_DEFAULTS``.
 
 ``model.config`` is the resolved config (JSON-serialisable); ``build_model(model.config)``
 rebuilds the same architecture. ``model.config_json`` holds the same as JSON text and survives
@@ -21,6 +26,7 @@ rebuilds the same architecture. ``model.config_json`` holds the same as JSON tex
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from typing import Any, Callable, Dict, Mapping, Type
 
@@ -42,20 +48,63 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _BACKENDS = ("torch", "vesin", "auto")
 
 
+# Constructor parameters that are not config keys with a default (``species`` comes from the data).
+_NOT_KEYS = ("self", "species")
+# COMMON_DEFAULTS keys that are not constructor arguments (``build_model`` applies them).
+_NOT_ARGS = ("dtype",)
+
+
+def _constructor_defaults(cls: Type[nn.Module]) -> Dict[str, Any]:
+    """``{key: default}`` of ``cls.__init__``'s parameters except ``self``, ``species`` and the
+    ``COMMON_DEFAULTS`` keys, in signature order. TypeError when the signature cannot serve as a
+    config (a parameter without a default, ``*args`` / ``**kwargs``, no ``species``, a common key
+    missing)."""
+    params = inspect.signature(cls.__init__).parameters
+    where = f"register_model: {cls.__name__}.__init__"
+    if "species" not in params:
+        raise TypeError(f"{where} needs a 'species' parameter")
+    out: Dict[str, Any] = {}
+    for p in params.values():
+        if p.name in _NOT_KEYS:
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise TypeError(f"{where} must name every config key (found *{p.name})")
+        if p.kind is p.POSITIONAL_ONLY:
+            raise TypeError(f"{where}: parameter {p.name!r} must be passable by keyword")
+        if p.default is p.empty:
+            raise TypeError(f"{where}: parameter {p.name!r} needs a default (the config's default)")
+        if p.name not in COMMON_DEFAULTS:
+            out[p.name] = p.default
+    missing = [k for k in COMMON_DEFAULTS if k not in _NOT_ARGS and k not in params]
+    if missing:
+        raise TypeError(f"{where} needs the common parameter(s) {missing}")
+    return out
+
+
 def register_model(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
-    """Class decorator: ``@register_model("mymodel")``. The class needs a ``DEFAULTS`` dict of
-    its model keys and an ``__init__(species, **keys)``."""
+    """Class decorator: ``@register_model("mymodel")``.
+
+    The class's ``__init__(species, key=default, ...)`` defines its config: every parameter but
+    ``species`` is a config key and needs a default (the default of the key). It also takes the
+    ``COMMON_DEFAULTS`` keys except ``dtype`` (``neighbor_backend``, ``vector_head``), whose
+    defaults come from ``COMMON_DEFAULTS``. An optional ``validate_config(config)`` static
+    method checks the model's own keys (raise ValueError).
+    """
 
     def deco(cls: Type[nn.Module]) -> Type[nn.Module]:
         key = name.lower()
         if key in MODEL_REGISTRY and MODEL_REGISTRY[key] is not cls:
             raise ValueError(f"register_model: a model named {key!r} is already registered")
-        if not isinstance(getattr(cls, "DEFAULTS", None), dict):
-            raise TypeError(f"register_model: {cls.__name__} needs a DEFAULTS dict")
+        _constructor_defaults(cls)  # TypeError now rather than at the first build
         MODEL_REGISTRY[key] = cls
         return cls
 
     return deco
+
+
+def registered_names() -> str:
+    """The registered model names as ``"egnn | gns | ..."`` (for error messages)."""
+    return " | ".join(sorted(MODEL_REGISTRY))
 
 
 def _model_class(name: Any) -> Type[nn.Module]:
@@ -64,10 +113,19 @@ def _model_class(name: Any) -> Type[nn.Module]:
     return MODEL_REGISTRY[name.lower()]
 
 
+def model_defaults(name: str) -> Dict[str, Any]:
+    """The model-specific keys of model ``name`` with their defaults (its constructor's)."""
+    return copy.deepcopy(_constructor_defaults(_model_class(name)))
+
+
+def _defaults(cls: Type[nn.Module], name: str) -> Dict[str, Any]:
+    return {"name": name.lower(), **copy.deepcopy(COMMON_DEFAULTS), **copy.deepcopy(_constructor_defaults(cls))}
+
+
 def default_config(name: str, **overrides: Any) -> Dict[str, Any]:
     """Defaults of model ``name`` (all keys except ``species``), updated with ``overrides``."""
     cls = _model_class(name)
-    config: Dict[str, Any] = {"name": name.lower(), **copy.deepcopy(COMMON_DEFAULTS), **copy.deepcopy(cls.DEFAULTS)}
+    config: Dict[str, Any] = _defaults(cls, name)
     if overrides:
         config = resolve_config({**config, **overrides}, require_species=False)
     return config
@@ -89,14 +147,14 @@ def resolve_config(config: Mapping[str, Any], require_species: bool = True) -> D
     if "name" not in config:
         raise ValueError(f"model config needs 'name' (one of {sorted(MODEL_REGISTRY)})")
     cls = _model_class(config["name"])
-    allowed = {"name", "species"} | set(COMMON_DEFAULTS) | set(cls.DEFAULTS)
+    defaults = _defaults(cls, str(config["name"]))
+    allowed = {"species"} | set(defaults)
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ValueError(
             f"unknown model config key(s) {unknown} for model {config['name']!r}; allowed keys: {sorted(allowed)}"
         )
-    out: Dict[str, Any] = {"name": str(config["name"]).lower(), **copy.deepcopy(COMMON_DEFAULTS),
-                           **copy.deepcopy(cls.DEFAULTS)}
+    out: Dict[str, Any] = defaults
     out.update({k: copy.deepcopy(v) for k, v in config.items()})
 
     if "species" in out and out["species"] is not None:

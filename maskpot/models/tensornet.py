@@ -250,17 +250,6 @@ class TensorInteraction(nn.Module):
 class TensorNet(EnergyModel):
     """Energy-centric TensorNet. See the module docstring."""
 
-    DEFAULTS = {
-        "cutoff": 5.0,
-        "hidden_channels": 64,
-        "num_layers": 2,
-        "num_rbf": 20,
-        "activation": "silu",
-        "radial_basis": "bessel",
-        "envelope": "polynomial",
-        "envelope_exponent": 6,
-    }
-
     def __init__(
         self,
         species: Sequence[int],

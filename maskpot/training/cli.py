@@ -187,6 +187,7 @@ def _load_data(cfg: Dict[str, Any], out_dir: Path, ctx: Any):
 def _build_model(cfg: Dict[str, Any], objective: Any, species: List[int], resume_ckpt: Optional[Dict[str, Any]]):
     """(model, init report). Architecture: from the resume checkpoint, the init checkpoint, or cfg."""
     from maskpot.models import build_model
+    from maskpot.models.registry import registered_names
     from maskpot.training import setup
 
     t, init = cfg["train"], cfg["init"]
@@ -215,7 +216,7 @@ def _build_model(cfg: Dict[str, Any], objective: Any, species: List[int], resume
             report["reset"] = setup.reset_heads(model, seed=int(t["seed"]))
     else:
         if "name" not in user:
-            raise ConfigError("key 'model.name' is required when training from scratch (egnn | gns | painn)")
+            raise ConfigError(f"key 'model.name' is required when training from scratch ({registered_names()})")
         user.setdefault("species", species)
         try:
             model = build_model(user)

@@ -74,7 +74,41 @@ def test_default_hyperparameters():
     assert (egnn["hidden_channels"], egnn["num_layers"], egnn["cutoff"], egnn["activation"]) == (128, 5, 3.5, "silu")
     assert (egnn["coord_updates"], egnn["distance_input"]) == (False, "rbf")
     assert (gns["hidden_channels"], gns["num_layers"], gns["cutoff"]) == (128, 4, 3.5)
-    assert (painn["hidden_channels"], painn["num_layers"], painn["num_rbf"], painn["cutoff"]) == (128, 3, 20, 5.0)
+    # the README's recommended fast model (issue 34; 128 x 3 at 5 Å before)
+    assert (painn["hidden_channels"], painn["num_layers"], painn["num_rbf"], painn["cutoff"]) == (64, 1, 20, 3.5)
+
+
+def test_config_keys_are_the_constructor_parameters():
+    """Each model's keys and defaults come from its ``__init__`` signature (one place)."""
+    import inspect
+
+    from maskpot.models import COMMON_DEFAULTS
+
+    for name, cls in MODEL_REGISTRY.items():
+        params = inspect.signature(cls.__init__).parameters
+        expected = {k: p.default for k, p in params.items() if k not in ("self", "species")}
+        expected.update(COMMON_DEFAULTS)
+        assert {k: v for k, v in default_config(name).items() if k != "name"} == expected
+
+
+def test_register_model_contract():
+    from torch import nn
+
+    from maskpot.models import register_model
+
+    class NoDefault(nn.Module):
+        def __init__(self, species, width, neighbor_backend="torch", vector_head=False):
+            super().__init__()
+
+    class NoCommon(nn.Module):
+        def __init__(self, species, width=3):
+            super().__init__()
+
+    with pytest.raises(TypeError, match="'width' needs a default"):
+        register_model("test-no-default")(NoDefault)
+    with pytest.raises(TypeError, match="neighbor_backend"):
+        register_model("test-no-common")(NoCommon)
+    assert "test-no-default" not in MODEL_REGISTRY and "test-no-common" not in MODEL_REGISTRY
 
 
 def test_unknown_element(model_name):
