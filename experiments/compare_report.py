@@ -296,7 +296,7 @@ def markdown(summary: Dict[str, Any]) -> str:
                     text += f" (learned − rule {np.mean(best) - rule:+.3f})"
             parts.append(text)
         lines.append("Pretraining (validation, mean over seeds; the geometry-only rule of "
-                     "maskpot.training.pretext_baseline on the same targets): " + "; ".join(parts) + ".")
+                     "experiments.pretext_baseline on the same targets): " + "; ".join(parts) + ".")
         for strat, p in pre.items():
             per = [x for x in p.get("per_molecule") or [] if x]
             if not per:

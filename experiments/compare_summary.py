@@ -170,7 +170,7 @@ def _pretext_per_molecule(run: Run, sources: Dict[str, Any]) -> Optional[Dict[st
     from maskpot.training.checkpoint import model_from_checkpoint
     from maskpot.training.evaluate import evaluate
     from maskpot.training.objectives import build_objective
-    from maskpot.training.pretext_baseline import baseline_scores
+    from experiments.pretext_baseline import baseline_scores
 
     try:
         cfg = yaml.safe_load((run.dir / "config.yaml").read_text())
@@ -217,14 +217,14 @@ def _per_atom(res: Dict[str, Any], key: str) -> Optional[float]:
 
 
 def _geometry_baseline(run: Run) -> Optional[Dict[str, float]]:
-    """Score of the geometry-only rule (maskpot.training.pretext_baseline) on the pretraining
+    """Score of the geometry-only rule (experiments.pretext_baseline) on the pretraining
     run's validation frames, with the very targets its validation used (same objective, seed)."""
     import yaml
 
     from maskpot.data.dataset import load_splits
     from maskpot.data.io import read_dataset
     from maskpot.training.objectives import build_objective
-    from maskpot.training.pretext_baseline import baseline_scores
+    from experiments.pretext_baseline import baseline_scores
 
     try:
         cfg = yaml.safe_load((run.dir / "config.yaml").read_text())

@@ -347,7 +347,7 @@ class MaskElements(Transform):
     (:class:`MaskElementsReference`) makes every kept atom a target, points from the *farthest*
     removed atom, has no flag and no at-least-one rule. The local task is close to trivial for
     a model that sees the flag: a geometry-only rule (the open valence of the flagged atom, see
-    :mod:`maskpot.training.pretext_baseline`) already scores a high mean cosine.
+    :mod:`experiments.pretext_baseline`) already scores a high mean cosine.
 
     Why ``radius = 1.6`` Å by default: it covers every covalent bond to H (C-H 1.09, N-H 1.01,
     O-H 0.96 Å) and the heavy-atom bonds to O/N (C-O 1.43, C=O 1.23, C-N 1.47 Å), and on a water

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from experiments.pretext_baseline import baseline_scores
 from maskpot.data.sample import Sample
 from maskpot.data.transforms import (
     MASK_KEY,
@@ -19,7 +20,6 @@ from maskpot.data.transforms import (
     build_transform,
 )
 from maskpot.training.objectives import build_objective, position_loss
-from maskpot.training.pretext_baseline import baseline_scores
 
 
 def _ethanol(seed: int = 0, jitter: float = 0.05) -> Sample:

@@ -1,4 +1,4 @@
-"""Geometry-only baselines of the pretext tasks (maskpot.training.pretext_baseline)."""
+"""Geometry-only baselines of the pretext tasks (experiments/pretext_baseline.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from ase.build import molecule as ase_molecule
 
+from experiments import pretext_baseline as pb
 from maskpot.data.sample import Sample
 from maskpot.data.transforms import Denoise, Identity, MaskElements, MaskElementsReference, MaskWater
-from maskpot.training import pretext_baseline as pb
 from maskpot.training.objectives import build_objective
 
 
@@ -101,8 +101,3 @@ def test_no_baseline_for_identity():
     with pytest.raises(TypeError, match="no pretext targets"):
         pb.baseline_scores([_mol("CH4")], build_objective("energy_force", {}))
 
-
-def test_exposed_from_maskpot_training():
-    import maskpot.training as training
-
-    assert training.baseline_scores is pb.baseline_scores and training.baseline_vectors is pb.baseline_vectors
