@@ -331,7 +331,7 @@ def train_one(label: str, spec: Any, paths: Dict[str, Path], out_dir: Path, max_
               log=print, bench: Optional[Bench] = None) -> Dict[str, Any]:
     """Train ``spec`` with the recipe and budget, evaluate on the test frames; returns metrics.json."""
     from maskpot.training import setup
-    from maskpot.training.checkpoint import load_checkpoint
+    from maskpot.checkpoint import load_checkpoint
     from maskpot.training.cli import _load_data
     from maskpot.training.distributed import DistContext
     from maskpot.training.evaluate import evaluate

@@ -167,7 +167,7 @@ def _pretext_per_molecule(run: Run, sources: Dict[str, Any]) -> Optional[Dict[st
 
     from maskpot.data.dataset import load_splits
     from maskpot.data.io import read_dataset
-    from maskpot.training.checkpoint import model_from_checkpoint
+    from maskpot.checkpoint import model_from_checkpoint
     from maskpot.training.evaluate import evaluate
     from maskpot.training.objectives import build_objective
     from experiments.pretext_baseline import baseline_scores

@@ -10,7 +10,7 @@ import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 import numpy as np
 
@@ -145,3 +145,22 @@ def upsert_marked_block(path: PathLike, begin: str, end: str, text: str) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.is_file() else ""
     atomic_write_text(path, old.rstrip("\n") + "\n\n" + begin + "\n" + text.strip("\n") + "\n" + end + "\n")
+
+
+#: The entry (``<archive>/extra/metadata.json``) that makes a TorchScript or pt2 zip archive a
+#: maskpot export file (:mod:`maskpot.deploy.export`).
+EXPORT_METADATA_FILE = "metadata.json"
+
+
+def export_metadata_text(path: PathLike) -> Optional[str]:
+    """The ``metadata.json`` text of the export file ``path``, or None when ``path`` is not a zip
+    archive or holds no such entry (not an export file: e.g. a checkpoint). Reads the archive's
+    index and that entry only, never the model. The one "is this an export file" test of
+    maskpot (deploy, checkpoint loading)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if n.endswith("/extra/" + EXPORT_METADATA_FILE)]
+        return zf.read(names[0]).decode("utf-8") if names else None

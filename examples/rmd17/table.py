@@ -37,7 +37,7 @@ TARGETS = {"aspirin": (10.0, 15.0), "ethanol": (3.0, 5.0)}
 
 def _num_params(ckpt: Path) -> Optional[int]:
     try:
-        from maskpot.training.checkpoint import load_checkpoint
+        from maskpot.checkpoint import load_checkpoint
 
         state = load_checkpoint(ckpt)["model_state"]
         return int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "normalization" not in k))

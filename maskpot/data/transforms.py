@@ -50,6 +50,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 
 from maskpot.data.sample import Sample
+from maskpot.data.validate import MAX_Z
 
 __all__ = [
     "MASK_KEY",
@@ -161,11 +162,11 @@ def parse_elements(elements: Union[int, str, Iterable[Union[int, str]]], key: st
         elements = [elements]
     out = []
     for e in elements:
-        if isinstance(e, (int, np.integer)) and not isinstance(e, bool) and 1 <= int(e) <= 118:
+        if isinstance(e, (int, np.integer)) and not isinstance(e, bool) and 1 <= int(e) <= MAX_Z:
             out.append(int(e))
         elif isinstance(e, str) and e in atomic_numbers and atomic_numbers[e] > 0:
             out.append(int(atomic_numbers[e]))
-        elif isinstance(e, str) and e.isdigit() and 1 <= int(e) <= 118:
+        elif isinstance(e, str) and e.isdigit() and 1 <= int(e) <= MAX_Z:
             out.append(int(e))
         else:
             raise ValueError(f"{key}: expected atomic numbers or chemical symbols, got {e!r}")

@@ -27,6 +27,7 @@ __all__ = [
     "check_cell",
     "perpendicular_widths",
     "check_cutoff",
+    "check_box_cutoff",
     "validate_sample",
     "validate_samples",
     "MIN_DISTANCE",
@@ -203,6 +204,19 @@ def check_cutoff(
                 f"{cutoff:g} Å > {0.5 * wmin:g} Å (widths {np.round(widths, 6).tolist()} Å); "
                 f"use a larger cell or a smaller cutoff",
             )
+
+
+def check_box_cutoff(cutoff: float, cell: np.ndarray, where: str) -> None:
+    """ValueError when ``cutoff`` (Å) exceeds half the shortest perpendicular width of the fully
+    periodic box ``cell`` ([3, 3], Å; a zero-volume box counts as width 0): the check the engine
+    adapters (ASE calculator, OpenMM forces) run on every new box, ``where`` naming the caller.
+    Data files get :func:`check_cutoff` (a :class:`DataValidationError`, any periodicity)."""
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    half = 0.5 * float(perpendicular_widths(cell).min()) if abs(np.linalg.det(cell)) > 0 else 0.0
+    if cutoff > half + _CUTOFF_TOL:
+        raise ValueError(
+            f"{where}: model cutoff {cutoff:.4f} A is larger than half the shortest perpendicular width of the "
+            f"periodic box ({half:.4f} A); use a larger box or a model with a smaller cutoff")
 
 
 def validate_sample(

@@ -31,7 +31,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from maskpot.data.validate import MIN_DISTANCE, check_periodicity, close_pairs, overlap_message
+from maskpot.data.validate import MIN_DISTANCE, check_box_cutoff, check_periodicity, close_pairs, overlap_message
 from maskpot.deploy.export import (
     ExportedPotential,
     call_exported,
@@ -39,17 +39,9 @@ from maskpot.deploy.export import (
     read_metadata,
     resolve_dtype,
 )
+from maskpot.utils import export_metadata_text
 
 ModelLike = Union[str, Path, torch.nn.Module]
-
-
-def _is_export_file(path: Path) -> bool:
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("/extra/metadata.json") for n in zf.namelist())
 
 
 def load_potential(model: ModelLike, device: Union[str, torch.device] = "cpu"):
@@ -61,10 +53,10 @@ def load_potential(model: ModelLike, device: Union[str, torch.device] = "cpu"):
         path = Path(model)
         if not path.is_file():
             raise FileNotFoundError(f"MaskpotCalculator: model file {path} not found")
-        if _is_export_file(path):
+        if export_metadata_text(path) is not None:
             module, meta = load_exported(path, map_location=device)
             return module, str(meta["kind"]), float(meta["cutoff"]), [int(z) for z in meta["species"]]
-        from maskpot.training.checkpoint import model_from_checkpoint
+        from maskpot.checkpoint import model_from_checkpoint
 
         model = model_from_checkpoint(path)  # CheckpointError for anything else
     elif isinstance(model, torch.nn.Module):
@@ -88,9 +80,9 @@ def training_periodicity(model: ModelLike) -> Optional[str]:
     """
     if isinstance(model, (str, Path)):
         path = Path(model)
-        if _is_export_file(path):
+        if export_metadata_text(path) is not None:
             return read_metadata(path).get("periodicity")
-        from maskpot.training.checkpoint import load_checkpoint
+        from maskpot.checkpoint import load_checkpoint
 
         return load_checkpoint(path).get("periodicity")
     return getattr(model, "training_periodicity", None)
@@ -165,11 +157,7 @@ class MaskpotCalculator(Calculator):
             volume = abs(np.linalg.det(cell))
             if volume <= 0:
                 raise ValueError("MaskpotCalculator: periodic cell has zero volume")
-            widths = volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-            if self.cutoff > 0.5 * widths.min() + 1e-9:
-                raise ValueError(
-                    f"MaskpotCalculator: model cutoff {self.cutoff:.4f} A is larger than half the shortest "
-                    f"perpendicular cell width ({0.5 * widths.min():.4f} A); use a larger cell")
+            check_box_cutoff(self.cutoff, cell, "MaskpotCalculator")
         check_periodicity(self.training_periodicity, bool(pbc.all()), "MaskpotCalculator",
                           self.allow_periodicity_mismatch)
         if self.min_distance:

@@ -58,14 +58,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from maskpot.utils import PathLike, atomic_path, versions
+from maskpot.data.validate import MAX_Z
+from maskpot.dtypes import DTYPES
+from maskpot.utils import EXPORT_METADATA_FILE as METADATA_FILE
+from maskpot.utils import PathLike, atomic_path, export_metadata_text, versions
 
 FORMAT = "maskpot-export"
 FORMAT_VERSION = 1
-METADATA_FILE = "metadata.json"
 UNITS = {"length": "angstrom", "energy": "eV", "forces": "eV/angstrom"}
-DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
-MAX_Z = 118
 NEIGHBOR_BACKENDS = ("torch", "vesin")
 FILE_FORMATS = ("torchscript", "pt2")
 
@@ -122,7 +122,8 @@ def check_inputs(positions: Tensor, atomic_numbers: Tensor, cell: Tensor, pbc: T
     if n == 0:
         raise ValueError("no atoms")
     numbers = atomic_numbers.to(torch.long)
-    in_range = (numbers >= 1) & (numbers <= 118)
+    # known_species has MAX_Z + 1 entries (TorchScript cannot close over the global MAX_Z)
+    in_range = (numbers >= 1) & (numbers < known_species.shape[0])
     safe = torch.where(in_range, numbers, torch.zeros_like(numbers))
     ok = in_range & known_species[safe]
     if not bool(ok.all()):
@@ -203,7 +204,7 @@ def _swap_neighbor_backend(model: torch.nn.Module, backend: str) -> int:
 
 
 def _checkpoint_metadata(path: Path, use_ema: bool) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    from maskpot.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from maskpot.checkpoint import load_checkpoint, model_from_checkpoint
 
     data = load_checkpoint(path)  # CheckpointError (a ValueError) for missing keys / bad files
     model = model_from_checkpoint(path, use_ema=use_ema)
@@ -339,11 +340,9 @@ def read_metadata(path: PathLike) -> Dict[str, Any]:
     if not zipfile.is_zipfile(path):
         raise ExportError(f"{path} is not a TorchScript export file (not a zip archive); "
                           "a checkpoint must first be exported with maskpot-export")
-    with zipfile.ZipFile(path) as zf:
-        names = [n for n in zf.namelist() if n.endswith("/extra/" + METADATA_FILE)]
-        if not names:
-            raise ExportError(f"{path} is a TorchScript/pt2/zip file without {METADATA_FILE}: not a maskpot export file")
-        text = zf.read(names[0]).decode("utf-8")
+    text = export_metadata_text(path)
+    if text is None:
+        raise ExportError(f"{path} is a TorchScript/pt2/zip file without {METADATA_FILE}: not a maskpot export file")
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -40,8 +40,9 @@ import torch
 from openmm import unit
 from torch import Tensor
 
-from maskpot.data.validate import MIN_DISTANCE, check_periodicity, close_pairs, overlap_message
+from maskpot.data.validate import MIN_DISTANCE, check_box_cutoff, check_periodicity, close_pairs, overlap_message
 from maskpot.deploy.export import PathLike, call_exported, load_exported, quiet_jit, read_metadata
+from maskpot.dtypes import DTYPES
 
 #: Å per nm and kJ/mol per eV, from openmm.unit.
 ANGSTROM_PER_NM: float = (1.0 * unit.nanometer).value_in_unit(unit.angstrom)
@@ -61,23 +62,6 @@ def _atomic_numbers(topology_or_atomic_numbers: Any) -> np.ndarray:
             numbers.append(atom.element.atomic_number)
         return np.asarray(numbers, dtype=np.int64)
     return np.asarray(topology_or_atomic_numbers, dtype=np.int64).reshape(-1)
-
-
-def _half_min_width(box_angstrom: np.ndarray) -> float:
-    cell = np.asarray(box_angstrom, dtype=np.float64)
-    volume = abs(np.linalg.det(cell))
-    if volume <= 0:
-        return 0.0
-    return 0.5 * float((volume / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)).min())
-
-
-def check_box(cutoff: float, box_angstrom: np.ndarray, where: str) -> None:
-    """ValueError when the model cutoff (Å) exceeds half the shortest width of the box (Å)."""
-    half = _half_min_width(box_angstrom)
-    if cutoff > half + 1e-9:
-        raise ValueError(
-            f"{where}: maskpot model cutoff {cutoff:.4f} A is larger than half the shortest periodic box "
-            f"width ({half:.4f} A); use a larger box or a model with a smaller cutoff")
 
 
 class PythonForceComputation:
@@ -107,7 +91,7 @@ class PythonForceComputation:
     def _load(self) -> None:
         module, meta = load_exported(self.model_path, map_location=self.device)
         self._module = module.eval()
-        self._dtype = {"float32": torch.float32, "float64": torch.float64}[meta["dtype"]]
+        self._dtype = DTYPES[meta["dtype"]]
         self._numbers_t = torch.as_tensor(self.atomic_numbers, device=self.device)
         self._pbc = torch.full((3,), self.periodic, dtype=torch.bool, device=self.device)
 
@@ -117,7 +101,7 @@ class PythonForceComputation:
         pos = state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
         if self.periodic:
             box = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom))
-            check_box(self._cutoff, box, "maskpot PythonForce")
+            check_box_cutoff(self._cutoff, box, "maskpot PythonForce")
         else:
             box = np.zeros((3, 3))
         pos = np.asarray(pos)
@@ -305,7 +289,7 @@ def create_force(
     check_periodicity(meta.get("periodicity"), periodic, f"create_force({model_path})", allow_periodicity_mismatch)
     if periodic and is_topology and topology_or_atomic_numbers.getPeriodicBoxVectors() is not None:
         box = np.asarray([v.value_in_unit(unit.angstrom) for v in topology_or_atomic_numbers.getPeriodicBoxVectors()])
-        check_box(cutoff, box, "create_force")
+        check_box_cutoff(cutoff, box, "create_force")
 
     if backend == "python":
         if not hasattr(openmm, "PythonForce"):
@@ -320,7 +304,7 @@ def create_force(
                              f"{meta['file_format']} export: use backend='python' or export with --format torchscript")
         openmmtorch = import_openmmtorch()
         module, meta = load_exported(model_path, map_location=device)
-        dtype = {"float32": torch.float32, "float64": torch.float64}[meta["dtype"]]
+        dtype = DTYPES[meta["dtype"]]
         with quiet_jit():
             wrapper = torch.jit.script(TorchForceModule(module, numbers, dtype, periodic, atoms, n_total))
         force = openmmtorch.TorchForce(wrapper)

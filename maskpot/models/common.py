@@ -17,9 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from maskpot.data.neighbors import edge_vectors, make_neighbor_list
-
-# Largest atomic number the species table covers.
-MAX_Z = 118
+from maskpot.data.validate import MAX_Z  # the species table covers 0..MAX_Z (registry imports it from here)
 
 #: Default cutoff of egnn, gns and painn, Å: the masked-pretraining paper's water cutoff (the first
 #: O-O shell), also the README's fast PaiNN. TensorNet (the molecule / rMD17 model) uses 5 Å.

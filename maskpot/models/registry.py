@@ -44,7 +44,7 @@ COMMON_DEFAULTS: Dict[str, Any] = {
     "vector_head": False,
 }
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from maskpot.dtypes import DTYPES as _DTYPES  # noqa: E402  (the one dtype map)
 _BACKENDS = ("torch", "vesin", "auto")
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from maskpot.data.sample import Sample
+from maskpot.dtypes import DTYPES
 from maskpot.training.checkpoint import load_checkpoint, save_checkpoint
 from maskpot.training.distributed import DistContext, all_reduce_sum, shard
 from maskpot.training.ema import EMA
@@ -37,8 +38,6 @@ from maskpot.training.schedule import LRSchedule
 from maskpot.utils import versions
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: Called after every epoch (after checkpoints are written) as ``callback(trainer, row)``.
 Callback = Callable[["Trainer", Dict[str, Any]], None]
