@@ -27,7 +27,6 @@ size) with its batch size 4.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks import peers
-from benchmarks.common import Case, interleave, machine_line
+from benchmarks.common import Case, interleave, machine_line, markdown_rows, prepare_cpu, script_parser
 
 BREAKDOWN_MODELS = peers.SMALL
 
@@ -270,20 +269,17 @@ def training_markdown(res: Dict[str, object]) -> str:
     head = (f"Training throughput: {res['atoms']}-atom TIP3P frames, batch {res['batch_size']}, "
             f"`Trainer.train_step` (median of {res['rounds']} interleaved rounds):\n\n"
             "| model: stage | ms / step | frames / s |\n|---|---|---|")
-    return head + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in res["rows"])
+    return head + "\n" + markdown_rows(res["rows"])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--size", type=int, default=648)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-training", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from maskpot.models.perf import tune_cpu_allocator
-
-    tune_cpu_allocator()
+    prepare_cpu(args.threads)
     res = run_breakdown(args.size, args.rounds)
     print(res["machine"])
     print(breakdown_markdown(res))

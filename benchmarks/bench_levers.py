@@ -22,7 +22,6 @@ and its forces are compared with the baseline's on the same configuration:
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ctypes.util
 import time
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import peers
-from benchmarks.common import Case, interleave, machine_line, ratio
+from benchmarks.common import Case, interleave, machine_line, markdown_rows, prepare_cpu, ratio, script_parser
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -201,19 +200,16 @@ def levers_markdown(res: Dict[str, object]) -> str:
     head = (f"{res['size']} atoms, ASE calculator, energy + forces; speed-up = baseline time / variant time "
             f"per round (median, min-max over {res['rounds']} interleaved rounds); ΔF = max |F - F_baseline| eV/Å "
             "on one configuration.\n\n| model | variant | ms / call | speed-up vs baseline | ΔF eV/Å |\n|---|---|---|---|---|")
-    return head + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in res["rows"])
+    return head + "\n" + markdown_rows(res["rows"])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--size", type=int, default=648)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    from maskpot.models.perf import tune_cpu_allocator
-
-    tune_cpu_allocator()
+    prepare_cpu(1)
     res = run_levers(args.size, args.rounds, compile_=args.compile)
     print(res["machine"])
     print(levers_markdown(res))

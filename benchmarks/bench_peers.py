@@ -19,7 +19,6 @@ a per-round ratio.
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from benchmarks import peers
-from benchmarks.common import Case, interleave, machine_line, n_params, ratio
+from benchmarks.common import Case, interleave, machine_line, n_params, prepare_cpu, ratio, script_parser
 
 
 def count_edges(model: torch.nn.Module, water: peers.WaterBox) -> int:
@@ -180,17 +179,14 @@ def verdict(res: Dict[str, object], speed_target: float = 30.0, scaling_target: 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[648, 3000])
     parser.add_argument("--large", type=int, default=None, help="extra size for the fast models only (e.g. 12000)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-mace", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from maskpot.models.perf import tune_cpu_allocator
-
-    tune_cpu_allocator()
+    prepare_cpu(args.threads)
     res = run_peers(args.sizes, args.large, rounds=args.rounds, mace=not args.no_mace)
     print(res["machine"])
     print(summary_table(res))

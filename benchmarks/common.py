@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -50,10 +51,27 @@ def time_call(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> f
     return float(np.median(times) * 1e3)
 
 
+def markdown_rows(rows: Sequence[Sequence[object]]) -> str:
+    """The body of a markdown table: one ``| a | b |`` line per row."""
+    return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
+
+
 def markdown_table(header: Sequence[str], rows: List[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ([markdown_rows(rows)] if rows else []))
+
+
+def script_parser(doc: Optional[str]) -> argparse.ArgumentParser:
+    """The command line of a benchmark script, its module docstring as the help text."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def prepare_cpu(threads: int) -> None:
+    """What a benchmark does before it times anything: ``threads`` torch threads and maskpot's CPU
+    allocator tuning (``tune_cpu_allocator``, as ``maskpot-md`` and ``maskpot-train`` do)."""
+    from maskpot.models.perf import tune_cpu_allocator
+
+    torch.set_num_threads(threads)
+    tune_cpu_allocator()
 
 
 def append_results(title: str, table: str, notes: str = "") -> None:

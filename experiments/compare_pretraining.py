@@ -260,30 +260,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if summary["results"]:  # nothing fine-tuned yet (or --pretrain-only): no curves to plot
         plot(summary, out)
     if plan.kind == "water-dft-transfer":
-        wt, st = water_transfer, stats
-        wt.add_comparisons(summary, st)
+        water_transfer.add_comparisons(summary, stats)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        table = wt.markdown(summary, st, out)
-        print("\n" + table)
-        if args.results_md:
-            wt.write_block(Path(args.results_md), summary, table)
-        log.info("done in %.1f min: %s", wall / 60, out)
-        return 0
-    if plan.kind == "water-traj":
-        ws = water_sources
-        table = ws.markdown(summary, stats, out)
-        print("\n" + table)
-        if args.results_md:
-            ws.write_block(Path(args.results_md), summary, table)
-        log.info("done in %.1f min: %s", wall / 60, out)
-        return 0
-    table = markdown(summary)
+        table, markers = water_transfer.markdown(summary, stats, out), water_transfer.block_markers(summary)
+    elif plan.kind == "water-traj":
+        table, markers = water_sources.markdown(summary, stats, out), water_sources.block_markers(summary)
+    else:
+        table, markers = markdown(summary), compare_report.block_markers(summary)
     print("\n" + table)
-    if args.results_md:
-        compare_report.write_results_block(Path(args.results_md), summary, table, compare_report.block_markers(summary))
+    if args.results_md:  # this grid's block of RESULTS.md, replaced in place on a rerun
+        compare_report.write_results_block(Path(args.results_md), summary, table, markers)
     log.info("done in %.1f min: %s", wall / 60, out)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -211,6 +211,37 @@ def seed_count_text(summary: Dict[str, Any]) -> str:
              if len(r["seeds"]) != n_grid]
     text = f"Mean ± sample std over {n_grid} seeds"
     return text + (f" (fewer where finished runs are missing — {'; '.join(short)})." if short else ".")
+
+
+def generated_text(summary: Dict[str, Any], out: Path) -> str:
+    """The "Generated <date> from <out>/summary.json by <command>; k of n runs finished." line of a table."""
+    return (f"Generated {summary['date']} from `{out}/summary.json` by `{summary['command']}`"
+            + (" (`--summary-only` over the runs finished so far)" if summary.get("summary_only") else "")
+            + f"; {summary.get('runs_finished', '?')} of {summary.get('runs_planned', '?')} runs finished.")
+
+
+def pretraining_curve_lines(summary: Dict[str, Any], average: Callable[..., Any] = np.nanmean,
+                            rule: bool = False, wall_minutes: bool = False) -> List[str]:
+    """One paragraph per pretraining arm: its validation pretext metric per epoch, ``average``d over
+    seeds, with (``rule``) the geometry-only rule's score and the wall time per run (s, or min)."""
+    lines: List[str] = []
+    for arm, p in summary.get("pretraining", {}).items():
+        curves = [c for c in p.get("curve_per_seed", []) if c]
+        if not curves:
+            continue
+        L = min(len(c) for c in curves)
+        mean = average([c[:L] for c in curves], axis=0)
+        btxt = ""
+        base = [x for x in p.get("geometry_baseline") or [] if x] if rule else []
+        bkey = "mean_cosine" if arm == "mask" else "vector_rmse"
+        if base and all(bkey in x for x in base):
+            btxt = f"; geometry-only rule {np.mean([x[bkey] for x in base]):.3f}"
+        wall = [w for w in p.get("wall_s", []) if w]
+        wtxt = ((f"; wall {np.mean(wall) / 60:.1f} min per run." if wall_minutes else
+                 f"; wall {np.mean(wall):.0f} s per run.") if wall else ".")
+        lines += ["", f"Pretraining {arm}, validation {p['metric']} per epoch: "
+                  + " → ".join(f"{x:.3f}" for x in mean) + btxt + wtxt]
+    return lines
 
 
 def markdown(summary: Dict[str, Any]) -> str:

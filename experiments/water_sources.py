@@ -120,23 +120,14 @@ def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
     return compare_report.block_markers(summary, key)
 
 
-def write_block(md: Path, summary: Dict[str, Any], table: str) -> None:
-    """Replace this experiment's generated block of ``md`` (or append it): reruns and partial
-    summaries update the same section instead of appending copies."""
-    compare_report.write_results_block(md, summary, table, block_markers(summary))
-
-
 def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
     m, b, z, src = summary["model"], summary["budgets"], summary["sizes"], summary.get("sources", {})
     seeds = summary["seeds"]
-    pre = summary.get("pretraining", {})
     lines = [
         f"### TIP3P water, separate trajectories — {m['name']} {m['hidden_channels']}x{m['num_layers']}, cutoff "
         f"{m['cutoff']} Å, fine-tuning lr {b['finetune_lr']:g} (seeds {seeds})",
         "",
-        f"Generated {summary['date']} from `{out}/summary.json` by `{summary['command']}`"
-        + (" (`--summary-only` over the runs finished so far)" if summary.get("summary_only") else "")
-        + f"; {summary.get('runs_finished', '?')} of {summary.get('runs_planned', '?')} runs finished.",
+        compare_report.generated_text(summary, out),
         "",
         f"Data (flexible TIP3P, OpenMM, 300 K, {src.get('molecules')} H2O in a {src.get('box_A')} Å box, frames "
         f"{src.get('frame_spacing_ps', float('nan')):.2f} ps apart): pretraining pool "
@@ -191,18 +182,5 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
                 f"| {st.format_ci(ec, 3) if ec else 'n/a'} | {ep} "
                 f"| {', '.join(str(x) for x in (sc or {}).get('epochs_done_per_seed', []))} |")
     lines += compare_report.paired_arms_lines(summary, st)
-    for strat, p in pre.items():
-        curves = [c for c in p.get("curve_per_seed", []) if c]
-        if not curves:
-            continue
-        L = min(len(c) for c in curves)
-        mean = np.mean([c[:L] for c in curves], axis=0)
-        base = [x for x in p.get("geometry_baseline") or [] if x]
-        bkey = "mean_cosine" if strat == "mask" else "vector_rmse"
-        btxt = (f"; geometry-only rule {np.mean([x[bkey] for x in base]):.3f}" if base and all(bkey in x for x in base)
-                else "")
-        wall = [w for w in p.get("wall_s", []) if w]
-        lines += ["", f"Pretraining {strat}, validation {p['metric']} per epoch: "
-                  + " → ".join(f"{x:.3f}" for x in mean) + btxt
-                  + (f"; wall {np.mean(wall) / 60:.1f} min per run." if wall else ".")]
+    lines += compare_report.pretraining_curve_lines(summary, average=np.mean, rule=True, wall_minutes=True)
     return "\n".join(lines) + "\n"

@@ -146,11 +146,6 @@ def block_markers(summary: Dict[str, Any]) -> Tuple[str, str]:
     return compare_report.block_markers(summary, key)
 
 
-def write_block(md: Path, summary: Dict[str, Any], table: str) -> None:
-    """Replace this experiment's generated block of ``md`` (or append it)."""
-    compare_report.write_results_block(md, summary, table, block_markers(summary))
-
-
 def _significant_lower(d: Dict[str, Any]) -> bool:
     """The whole 95 % interval of the paired difference lies below 0."""
     return bool(d) and int(d.get("n", 0)) > 1 and np.isfinite(float(d["high"])) and float(d["high"]) < 0
@@ -192,9 +187,7 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
         f"### TIP3P → DFT water transfer — {m['name']} {m['hidden_channels']}x{m['num_layers']}, cutoff {m['cutoff']} Å, "
         f"TIP3P pool {z.get('pretrain_train')} frames, fine-tuning lr {b['finetune_lr']:g} (seeds {seeds})",
         "",
-        f"Generated {summary['date']} from `{out}/summary.json` by `{summary['command']}`"
-        + (" (`--summary-only` over the runs finished so far)" if summary.get("summary_only") else "")
-        + f"; {summary.get('runs_finished', '?')} of {summary.get('runs_planned', '?')} runs finished.",
+        compare_report.generated_text(summary, out),
         "",
         f"Data. DFT (labelled): {src.get('dft_path')}, {src.get('dft_frames')} frames of 64 H2O; test {z['test']} "
         f"frames and validation {z['val']} frames held out (fixed, `--data-seed`), fine-tuning subsets nested in the "
@@ -213,7 +206,7 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
         + (" " + compare_report.extra_arms_text(summary) if any(
             s in summary["strategies"] for s in ("denoise_1A", "mask_denoise", "supervised_2x")) else "")
         + " Fine-tuning (identical for every arm, only the initial weights differ): "
-        f"at most " + ", ".join(f"{e} epochs at N = {n}" for n, e in b.get("finetune_epochs_per_n", {}).items())
+        "at most " + ", ".join(f"{e} epochs at N = {n}" for n, e in b.get("finetune_epochs_per_n", {}).items())
         + (f" (about {b['finetune_steps']} optimiser steps)" if b.get("finetune_steps") else "")
         + f", batch {b['finetune_batch_size']}, lr {b['finetune_lr']:g} cosine → {b['finetune_lr'] / 100:g}, EMA "
         f"{b['ema_decay']}, early stopping after {summary.get('patience')} epochs without a lower validation loss; "
@@ -260,14 +253,5 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
     lines += ["", "Where masking adds to supervised pretraining or is the better choice (95 % interval of the paired "
               "force-MAE difference entirely below 0): " + ("; ".join(found) + "." if found else
                                                              "nowhere in this grid.")]
-    for arm, p in summary.get("pretraining", {}).items():
-        curves = [c for c in p.get("curve_per_seed", []) if c]
-        if not curves:
-            continue
-        L = min(len(c) for c in curves)
-        mean = np.nanmean([c[:L] for c in curves], axis=0)
-        wall = [w for w in p.get("wall_s", []) if w]
-        lines += ["", f"Pretraining {arm}, validation {p['metric']} per epoch: "
-                  + " → ".join(f"{x:.3f}" for x in mean)
-                  + (f"; wall {np.mean(wall):.0f} s per run." if wall else ".")]
+    lines += compare_report.pretraining_curve_lines(summary)
     return "\n".join(lines) + "\n"

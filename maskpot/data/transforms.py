@@ -129,6 +129,22 @@ def _rng(rng: Optional[np.random.Generator]) -> np.random.Generator:
     return rng
 
 
+def _draw_removed(cand: np.ndarray, n: int, ratio: float, rng: np.random.Generator,
+                  at_least_one: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(removed indices, keep mask, kept indices) of a masking draw: each candidate is removed with probability
+    ``ratio``; with ``at_least_one``, one random candidate when the draw removed none; never all
+    ``n`` atoms (one removed atom, drawn at random, is put back)."""
+    draw = rng.random(cand.size) < ratio
+    if at_least_one and cand.size and not draw.any():
+        draw[rng.integers(cand.size)] = True
+    removed = cand[draw]
+    if removed.size and removed.size == n:
+        removed = np.delete(removed, rng.integers(removed.size))
+    keep = np.ones(n, dtype=bool)
+    keep[removed] = False
+    return removed, keep, np.flatnonzero(keep)
+
+
 def _minimum_image(vectors: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     """Minimum-image displacement (Å) through fractional coordinates (triclinic-safe)."""
     from maskpot.data.molecules import minimum_image
@@ -372,15 +388,7 @@ class MaskElements(Transform):
         rng = _rng(rng)
         n = sample.n_atoms
         cand = np.flatnonzero(np.isin(sample.numbers, self.elements))
-        draw = rng.random(cand.size) < self.ratio
-        if cand.size and not draw.any():
-            draw[rng.integers(cand.size)] = True
-        removed = cand[draw]
-        if removed.size and removed.size == n:
-            removed = np.delete(removed, rng.integers(removed.size))
-        keep = np.ones(n, dtype=bool)
-        keep[removed] = False
-        kept = np.flatnonzero(keep)
+        removed, keep, kept = _draw_removed(cand, n, self.ratio, rng)
 
         if removed.size == 0:
             extras = _masking_extras(n, np.zeros(0, dtype=np.int64), np.zeros((0, 3)))
@@ -433,12 +441,7 @@ class MaskElementsReference(Transform):
         rng = _rng(rng)
         n = sample.n_atoms
         cand = np.flatnonzero(np.isin(sample.numbers, self.elements))
-        removed = cand[rng.random(cand.size) < self.ratio]
-        if removed.size and removed.size == n:
-            removed = np.delete(removed, rng.integers(removed.size))
-        keep = np.ones(n, dtype=bool)
-        keep[removed] = False
-        kept = np.flatnonzero(keep)
+        removed, keep, kept = _draw_removed(cand, n, self.ratio, rng, at_least_one=False)  # no at-least-one rule
         target = np.zeros((kept.size, 3), dtype=np.float64)
         weight = np.zeros(kept.size, dtype=np.float32)
         if removed.size:
@@ -496,15 +499,7 @@ class MaskPositions(Transform):
         rng = _rng(rng)
         n = sample.n_atoms
         cand = np.arange(n) if self.elements is None else np.flatnonzero(np.isin(sample.numbers, self.elements))
-        draw = rng.random(cand.size) < self.ratio
-        if cand.size and not draw.any():
-            draw[rng.integers(cand.size)] = True
-        removed = cand[draw]
-        if removed.size and removed.size == n:
-            removed = np.delete(removed, rng.integers(removed.size))
-        keep = np.ones(n, dtype=bool)
-        keep[removed] = False
-        kept = np.flatnonzero(keep)
+        removed, keep, kept = _draw_removed(cand, n, self.ratio, rng)
         mask = np.zeros(kept.size, dtype=np.float32)
         numbers = np.zeros(kept.size, dtype=np.int64)
         target = np.zeros((kept.size, 3), dtype=np.float64)
