@@ -155,6 +155,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp_model = DDP(self.model, find_unused_parameters=True)
+        # train.compile: the compiled forward is built from the first training batch
+        self.compile_wanted = bool(self.t.get("compile", False))
+        self.train_forward: Optional[Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]] = None
+        self.compile_status = "off"
 
         # progress state (checkpointed)
         self.epoch = 0  # current epoch (0-based); == epochs when finished
@@ -256,7 +260,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        out = self.ddp_model(batch)
+        out = self._forward(batch)
         loss, _ = self.objective.loss(out, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {float(loss)} at step {self.step} (epoch {epoch})")
@@ -269,6 +273,27 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
         return float(loss.detach())
+
+    def _forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The training forward: eager, or compiled (``train.compile``) from the first batch on."""
+        if self.train_forward is None:
+            self.train_forward = self.ddp_model
+            if self.compile_wanted and self.ctx.enabled:
+                self.compile_status = "eager (train.compile is not supported with data parallelism)"
+            elif self.compile_wanted:
+                from maskpot.training.compile import compile_forward
+
+                t0 = time.perf_counter()
+                forward, why = compile_forward(self.model, batch)
+                if why:
+                    self.compile_status = f"eager ({why})"
+                else:
+                    self.train_forward = forward
+                    self.compile_status = f"compiled in {time.perf_counter() - t0:.0f} s"
+            if self.compile_wanted:
+                log.log(logging.INFO if self.train_forward is not self.ddp_model else logging.WARNING,
+                        "train.compile: %s", self.compile_status)
+        return self.train_forward(batch)
 
     def validate(self) -> Dict[str, float]:
         kw = dict(batch_size=self.eval_batch_size, dtype=self.dtype, device=self.device, seed=self.seed, ctx=self.ctx)
@@ -358,4 +383,5 @@ class Trainer:
             "best_epoch": self.best_epoch + 1,
             "best_val_loss": self.best_val,
             "stop_reason": self.stop_reason,
+            "compile": self.compile_status,
         }
