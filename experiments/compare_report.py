@@ -213,6 +213,12 @@ def seed_count_text(summary: Dict[str, Any]) -> str:
     return text + (f" (fewer where finished runs are missing — {'; '.join(short)})." if short else ".")
 
 
+def block_title(what: str, summary: Dict[str, Any], out: Path) -> str:
+    """``<what>, `<output folder>` (<date>)``: the start of a table's heading, unique in RESULTS.md
+    (grids of the same model and budget differ by their folder; one folder's block is replaced in place)."""
+    return f"{what}, `{Path(out).name}` ({str(summary['date'])[:10]})"
+
+
 def generated_text(summary: Dict[str, Any], out: Path) -> str:
     """The "Generated <date> from <out>/summary.json by <command>; k of n runs finished." line of a table."""
     return (f"Generated {summary['date']} from `{out}/summary.json` by `{summary['command']}`"

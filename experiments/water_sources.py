@@ -124,7 +124,7 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
     m, b, z, src = summary["model"], summary["budgets"], summary["sizes"], summary.get("sources", {})
     seeds = summary["seeds"]
     lines = [
-        f"### TIP3P water, separate trajectories — {m['name']} {m['hidden_channels']}x{m['num_layers']}, cutoff "
+        f"### {compare_report.block_title('TIP3P water, separate trajectories', summary, out)} — {m['name']} {m['hidden_channels']}x{m['num_layers']}, cutoff "
         f"{m['cutoff']} Å, fine-tuning lr {b['finetune_lr']:g} (seeds {seeds})",
         "",
         compare_report.generated_text(summary, out),

@@ -184,7 +184,7 @@ def markdown(summary: Dict[str, Any], st: Any, out: Path) -> str:
     pre_wall = sum(v for k, v in run_wall.items() if v and k.startswith("pretrain_"))
     ft_wall = sum(v for k, v in run_wall.items() if v and k.startswith("ft_"))
     lines = [
-        f"### TIP3P → DFT water transfer — {m['name']} {m['hidden_channels']}x{m['num_layers']}, cutoff {m['cutoff']} Å, "
+        f"### {compare_report.block_title('TIP3P → DFT water transfer', summary, out)} — {m['name']} {m['hidden_channels']}x{m['num_layers']}, cutoff {m['cutoff']} Å, "
         f"TIP3P pool {z.get('pretrain_train')} frames, fine-tuning lr {b['finetune_lr']:g} (seeds {seeds})",
         "",
         compare_report.generated_text(summary, out),
