@@ -81,76 +81,45 @@ def _frames(cell: Tensor, pbc: Tensor, batch: Tensor) -> List[Tuple[int, int, in
     return out
 
 
-def _single_graph(positions: Tensor, cell: Tensor, periodic: bool, cutoff: float) -> Tuple[Tensor, Tensor]:
-    """Neighbour search for one frame. Returns (edge_index [2, E] local, shifts [E, 3] float)."""
-    n = positions.shape[0]
-    device = positions.device
-    dtype = positions.dtype
-    if n == 0:
-        return torch.zeros((2, 0), dtype=torch.long, device=device), torch.zeros((0, 3), dtype=dtype, device=device)
+def _batch_perpendicular_widths(cell: Tensor) -> Tensor:
+    """:func:`perpendicular_widths` of every cell of a batch [G, 3, 3] -> [G, 3] (Å)."""
+    a, b, c = cell[:, 0], cell[:, 1], cell[:, 2]
+    bc, ca, ab = torch.linalg.cross(b, c), torch.linalg.cross(c, a), torch.linalg.cross(a, b)
+    volume = torch.abs((a * bc).sum(dim=1))
+    areas = torch.stack([torch.linalg.norm(bc, dim=1), torch.linalg.norm(ca, dim=1), torch.linalg.norm(ab, dim=1)], dim=1)
+    return volume.unsqueeze(1) / areas
 
-    if periodic:
-        widths = _check_cutoff(cell, cutoff)
-        frac = positions @ torch.linalg.inv(cell)
-        image = torch.floor(frac)  # which periodic image each atom sits in
-        frac_wrapped = frac - image
-        n_bins = torch.clamp(torch.floor(widths / cutoff), min=1.0).long()
-        bin_coord = torch.floor(frac_wrapped * n_bins.to(dtype)).long()
-        pos_wrapped = positions - image @ cell
-    else:
-        lower = positions.min(dim=0).values
-        scaled = (positions - lower) / cutoff
-        n_bins = torch.floor(scaled.max(dim=0).values).long() + 1
-        bin_coord = torch.floor(scaled).long()
-        image = torch.zeros_like(positions)
-        pos_wrapped = positions
-    bin_coord = torch.minimum(torch.clamp(bin_coord, min=0), n_bins - 1)
 
-    nb_list: List[int] = n_bins.tolist()
-    nx, ny, nz = nb_list[0], nb_list[1], nb_list[2]
-    strides = torch.tensor([ny * nz, nz, 1], device=device)
-    bin_id = (bin_coord * strides).sum(dim=1)
-    order = torch.argsort(bin_id)
-    counts = torch.bincount(bin_id, minlength=nx * ny * nz)
-    starts = torch.cumsum(counts, dim=0) - counts
-    max_count = int(counts.max())
+def _rows_times(rows: Tensor, matrices: Tensor, frame: Tensor) -> Tensor:
+    """``rows[k] @ matrices[frame[k]]`` for [K, 3] rows and [G, 3, 3] matrices: one matmul
+    when the batch has one frame, else a broadcast product (faster than a bmm of 3x3s)."""
+    if matrices.shape[0] == 1:
+        return rows @ matrices[0]
+    return (rows.unsqueeze(2) * matrices[frame]).sum(dim=1)
 
-    # Neighbouring bins of every atom: [n, 27, 3] raw bin coordinates.
-    raw = bin_coord.unsqueeze(1) + _offsets(device).unsqueeze(0)
-    if periodic:
-        bin_shift = torch.div(raw, n_bins, rounding_mode="floor")  # image crossed, per direction
-        nb_coord = raw - bin_shift * n_bins
-        valid_bin = torch.ones(raw.shape[:2], dtype=torch.bool, device=device)
-    else:
-        bin_shift = torch.zeros_like(raw)
-        valid_bin = ((raw >= 0) & (raw < n_bins)).all(dim=2)
-        nb_coord = torch.minimum(torch.clamp(raw, min=0), n_bins - 1)
-    nb_id = (nb_coord * strides).sum(dim=2)  # [n, 27]
 
-    # Candidate slots inside each neighbouring bin, [n * 27, max_count]; one nonzero() picks
-    # the occupied ones, and only those are gathered (boolean masks on big tensors are slow).
-    slot = torch.arange(max_count, device=device)
-    nb_count = torch.where(valid_bin, counts[nb_id], torch.zeros_like(nb_id)).reshape(-1)
-    occupied = (slot.unsqueeze(0) < nb_count.unsqueeze(1)).reshape(-1).nonzero().squeeze(1)
-    pair_bin = torch.div(occupied, max_count, rounding_mode="floor")  # index into n * 27
-    j_idx = order[starts[nb_id].reshape(-1)[pair_bin] + (occupied - pair_bin * max_count)]
-    i_idx = torch.div(pair_bin, 27, rounding_mode="floor")
-    shift_int = bin_shift.reshape(-1, 3).to(dtype)
-    vec = pos_wrapped[j_idx] - pos_wrapped[i_idx] + (shift_int @ cell)[pair_bin]
-    dist2 = (vec * vec).sum(dim=1)
-    # Offset 13 is (0, 0, 0): the atom's own bin and image, where i == j is the atom itself.
-    self_pair = (i_idx == j_idx) & (pair_bin - i_idx * 27 == 13)
-    keep = ((dist2 < cutoff * cutoff) & (~self_pair)).nonzero().squeeze(1)
-    i_idx, j_idx, pair_bin = i_idx[keep], j_idx[keep], pair_bin[keep]
-    # Offsets relative to the positions as given (undo the wrapping).
-    shifts = shift_int[pair_bin] - image[j_idx] + image[i_idx]
-    return torch.stack([i_idx, j_idx]), shifts
+def _check_frames(cell: Tensor, pbc: Tensor, cutoff: float) -> Tuple[Tensor, Tensor]:
+    """(periodic [G] bool, perpendicular widths [G, 3], 1 for open frames). Refuses mixed
+    periodicity and, for periodic frames, a degenerate cell or a cutoff over half the shortest
+    width — with the messages of the per-frame checks, naming the first offending frame."""
+    periodic = pbc.all(dim=1)
+    if bool((pbc.any(dim=1) & ~periodic).any()):
+        mixed = (pbc.any(dim=1) & ~periodic).nonzero()
+        flags: List[bool] = pbc[int(mixed[0, 0])].tolist()
+        _is_periodic(flags)  # raises with the frame's flags
+    safe_cell = torch.where(periodic.view(-1, 1, 1), cell, torch.eye(3, dtype=cell.dtype, device=cell.device))
+    widths = _batch_perpendicular_widths(safe_cell)
+    shortest = widths.min(dim=1).values
+    bad = periodic & ((~(shortest > 0.0)) | (cutoff > 0.5 * shortest + 1e-9))
+    if bool(bad.any()):
+        _check_cutoff(cell[int(bad.nonzero()[0, 0])], cutoff)  # raises with the frame's numbers
+    return periodic, widths
 
 
 def neighbor_list(
     positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor, cutoff: float
 ) -> Tuple[Tensor, Tensor]:
-    """Neighbour pairs within ``cutoff`` (Å) for a batch of frames.
+    """Neighbour pairs within ``cutoff`` (Å) for a batch of frames, all frames in one pass.
 
     Args:
         positions: [N, 3] Å; atoms of one frame must be contiguous (as ``collate`` makes them).
@@ -162,16 +131,103 @@ def neighbor_list(
     Returns:
         edge_index [2, E] (int64, global atom indices; row 0 centre i, row 1 neighbour j) and
         shifts [E, 3] integer lattice offsets (positions' dtype): r_ij = r_j - r_i + shifts @ cell.
+
+    Every frame gets its own grid of bins (side >= cutoff) and its own range of bin ids, so one
+    sort, one bincount and one candidate enumeration serve the whole batch; the edges come out
+    in the order of their centre atom, frame by frame.
     """
     pos = positions.detach()
     cel = cell.detach()
-    edges: List[Tensor] = []
-    shifts: List[Tensor] = []
-    for g, start, n_g, periodic in _frames(cell, pbc, batch):
-        e, s = _single_graph(pos[start : start + n_g], cel[g], periodic, cutoff)
-        edges.append(e + start)
-        shifts.append(s)
-    return torch.cat(edges, dim=1), torch.cat(shifts, dim=0)
+    device, dtype = pos.device, pos.dtype
+    n = pos.shape[0]
+    n_graphs = cel.shape[0]
+    if n == 0:
+        return torch.zeros((2, 0), dtype=torch.long, device=device), torch.zeros((0, 3), dtype=dtype, device=device)
+    periodic, widths = _check_frames(cel, pbc, cutoff)
+    atom_periodic = periodic[batch]
+
+    # Periodic frames: fractional coordinates, wrapped into the cell; bins along the cell vectors.
+    eye = torch.eye(3, dtype=dtype, device=device)
+    safe_cell = torch.where(periodic.view(-1, 1, 1), cel, eye)
+    frac = _rows_times(pos, torch.linalg.inv(safe_cell), batch)
+    image = torch.where(atom_periodic.unsqueeze(1), torch.floor(frac), torch.zeros_like(frac))
+    frac_wrapped = frac - image
+    bins_periodic = torch.clamp(torch.floor(widths / cutoff), min=1.0)
+    # Open frames: a Cartesian bounding box per frame.
+    index3 = batch.unsqueeze(1).expand(n, 3)
+    big = torch.full((n_graphs, 3), float("inf"), dtype=dtype, device=device)
+    lower = big.scatter_reduce(0, index3, pos, reduce="amin", include_self=True)
+    lower = torch.where(torch.isfinite(lower), lower, torch.zeros_like(lower))
+    scaled = (pos - lower[batch]) / cutoff
+    top = torch.zeros((n_graphs, 3), dtype=dtype, device=device).scatter_reduce(0, index3, scaled, reduce="amax",
+                                                                                 include_self=True)
+    bins_open = torch.floor(top) + 1.0
+    n_bins = torch.where(periodic.unsqueeze(1), bins_periodic, bins_open).long()  # [G, 3]
+
+    atom_bins = n_bins[batch]  # [N, 3]
+    bin_coord = torch.where(atom_periodic.unsqueeze(1), torch.floor(frac_wrapped * atom_bins.to(dtype)),
+                            torch.floor(scaled)).long()
+    bin_coord = torch.minimum(torch.clamp(bin_coord, min=0), atom_bins - 1)
+    pos_wrapped = pos - _rows_times(image, cel, batch)
+
+    # Bin ids: frame g owns ids [offset_g, offset_g + nx * ny * nz).
+    strides = torch.stack([n_bins[:, 1] * n_bins[:, 2], n_bins[:, 2], torch.ones_like(n_bins[:, 0])], dim=1)
+    per_frame = n_bins.prod(dim=1)
+    offset = torch.cumsum(per_frame, dim=0) - per_frame
+    atom_strides = strides[batch]
+    bin_id = offset[batch] + (bin_coord * atom_strides).sum(dim=1)
+    order = torch.argsort(bin_id, stable=True)
+    counts = torch.bincount(bin_id, minlength=int(per_frame.sum()))
+    starts = torch.cumsum(counts, dim=0) - counts
+    max_count = int(counts.max())
+
+    # Neighbouring bins of every atom: [n, 27, 3] raw bin coordinates, wrapped (periodic) or
+    # dropped when outside the box (open).
+    raw = bin_coord.unsqueeze(1) + _offsets(device).unsqueeze(0)
+    nb = atom_bins.unsqueeze(1)
+    all_periodic, all_open = bool(periodic.all()), not bool(periodic.any())
+    if all_open:  # the common batches get one branch each, mixed ones both
+        bin_shift = torch.zeros_like(raw)
+    else:
+        bin_shift = torch.div(raw, nb, rounding_mode="floor")  # image crossed, per direction
+        if not all_periodic:
+            bin_shift = torch.where(atom_periodic.view(-1, 1, 1), bin_shift, torch.zeros_like(raw))
+    if all_periodic:
+        nb_coord = raw - bin_shift * nb
+        valid_bin = torch.ones(raw.shape[:2], dtype=torch.bool, device=device)
+    else:
+        inside = ((raw >= 0) & (raw < nb)).all(dim=2)
+        nb_coord = torch.minimum(torch.clamp(raw, min=0), nb - 1)
+        valid_bin = inside
+        if not all_open:
+            wrap = atom_periodic.view(-1, 1, 1)
+            nb_coord = torch.where(wrap, raw - bin_shift * nb, nb_coord)
+            valid_bin = atom_periodic.unsqueeze(1) | inside
+    nb_id = offset[batch].unsqueeze(1) + (nb_coord * atom_strides.unsqueeze(1)).sum(dim=2)  # [n, 27]
+
+    # Candidate slots inside each neighbouring bin, [n * 27, max_count]; one nonzero() picks
+    # the occupied ones, and only those are gathered (boolean masks on big tensors are slow).
+    slot = torch.arange(max_count, device=device)
+    nb_count = torch.where(valid_bin, counts[nb_id], torch.zeros_like(nb_id)).reshape(-1)
+    occupied = (slot.unsqueeze(0) < nb_count.unsqueeze(1)).reshape(-1).nonzero().squeeze(1)
+    pair_bin = torch.div(occupied, max_count, rounding_mode="floor")  # index into n * 27
+    j_idx = order[starts[nb_id].reshape(-1)[pair_bin] + (occupied - pair_bin * max_count)]
+    i_idx = torch.div(pair_bin, 27, rounding_mode="floor")
+    shift_int = bin_shift.reshape(-1, 3).to(dtype)
+    # Cartesian shift of every (atom, neighbouring bin): bin_shift is in {-1, 0, 1}^3, so it is
+    # looked up in a per-frame table of the 27 lattice vectors S @ cell ([G * 27, 3] Å).
+    table = torch.matmul(_offsets(device).to(dtype).unsqueeze(0), cel).reshape(-1, 3)
+    code = ((bin_shift + 1) * torch.tensor([9, 3, 1], device=device)).sum(dim=2) + 27 * batch.unsqueeze(1)
+    shift_vec = table[code.reshape(-1)]  # [n * 27, 3] Å
+    vec = pos_wrapped[j_idx] - pos_wrapped[i_idx] + shift_vec[pair_bin]
+    dist2 = (vec * vec).sum(dim=1)
+    # Offset 13 is (0, 0, 0): the atom's own bin and image, where i == j is the atom itself.
+    self_pair = (i_idx == j_idx) & (pair_bin - i_idx * 27 == 13)
+    keep = ((dist2 < cutoff * cutoff) & (~self_pair)).nonzero().squeeze(1)
+    i_idx, j_idx, pair_bin = i_idx[keep], j_idx[keep], pair_bin[keep]
+    # Offsets relative to the positions as given (undo the wrapping).
+    shifts = shift_int[pair_bin] - image[j_idx] + image[i_idx]
+    return torch.stack([i_idx, j_idx]), shifts
 
 
 def edge_vectors(positions: Tensor, cell: Tensor, batch: Tensor, edge_index: Tensor, shifts: Tensor) -> Tensor:

@@ -33,11 +33,12 @@ _OUTPUT_KEYS = ("energy", "forces", "vectors")
 
 def _symbolic_fakes(tensors: Sequence[Tensor], dynamic: Sequence[Sequence[int]]):
     """Fake copies of ``tensors`` in one fake mode whose shape env makes only the listed dims
-    symbolic (sizes with the same value share a symbol, as the atom count does across inputs)."""
+    symbolic. No duck shaping: two counts that happen to be equal in the traced batch (atoms
+    and edges, say) stay two symbols unless an operation makes them one (nequip does the same)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
-    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    mode = FakeTensorMode(shape_env=ShapeEnv(duck_shape=False), allow_non_fake_inputs=True)
     fakes = []
     for t, dims in zip(tensors, dynamic):
         sizes = [DimDynamic.DYNAMIC if d in dims else DimDynamic.STATIC for d in range(t.dim())]

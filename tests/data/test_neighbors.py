@@ -116,6 +116,36 @@ def test_batch_of_mixed_frames_equals_single_frames():
     assert got == expected
 
 
+def test_one_pass_batch_of_different_cells_equals_ase():
+    """Periodic frames of other cells (triclinic, one bin per direction, unwrapped atoms), an
+    open molecule and a lone atom in one batch: each frame's pairs are ase's."""
+    rng = np.random.default_rng(11)
+    big = _triclinic([11.0, 10.0, 9.5])
+    small = _triclinic([6.4, 6.6, 7.0], tilt=False)  # 1-2 bins per direction at 3.1 Å
+    frames = [
+        (rng.uniform(-3, 14, size=(40, 3)), big, True),  # unwrapped: images up to +-1 cell
+        (rng.uniform(0, 6.4, size=(25, 3)), small, True),
+        (rng.normal(scale=1.5, size=(9, 3)), np.zeros((3, 3)), False),
+        (np.zeros((1, 3)), np.zeros((3, 3)), False),
+    ]
+    pos = torch.tensor(np.concatenate([f[0] for f in frames]))
+    cell = torch.tensor(np.stack([f[1] for f in frames]))
+    pbc = torch.tensor([[f[2]] * 3 for f in frames])
+    batch = torch.cat([torch.full((len(f[0]),), g, dtype=torch.long) for g, f in enumerate(frames)])
+    e, s = neighbor_list(pos, cell, pbc, batch, 3.1)
+    got = set(zip(e[0].tolist(), e[1].tolist(), map(tuple, s.round().long().tolist())))
+    expected, off = set(), 0
+    for p_, c_, periodic in frames:
+        expected |= {(i + off, j + off, S) for i, j, S in _reference(p_, c_, periodic, 3.1)}
+        off += len(p_)
+    assert got == expected and len(got) == e.shape[1]  # no duplicates
+    assert torch.all(e[0][1:] >= e[0][:-1])  # ordered by centre atom
+    # a bad cell in a later frame is named by its numbers, as for a single frame
+    cell[1] = torch.eye(3, dtype=cell.dtype) * 5.0
+    with pytest.raises(ValueError, match="half the shortest perpendicular"):
+        neighbor_list(pos, cell, pbc, batch, 3.1)
+
+
 def test_edge_vectors_differentiable_wrt_positions_and_cell():
     positions, cell = _water_box(n_side=3)
     pos = torch.tensor(positions, requires_grad=True)
