@@ -18,6 +18,7 @@ force_scale)``; the neighbour list is the submodule ``model.neighbors``.
 from maskpot.models.registry import (
     COMMON_DEFAULTS,
     MODEL_REGISTRY,
+    ModelConfigError,
     build_model,
     default_config,
     model_defaults,
@@ -36,6 +37,7 @@ from maskpot.models.tensornet import TensorNet
 __all__ = [
     "COMMON_DEFAULTS",
     "MODEL_REGISTRY",
+    "ModelConfigError",
     "build_model",
     "default_config",
     "model_defaults",

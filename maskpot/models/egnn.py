@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from maskpot.models.common import WATER_CUTOFF, EnergyModel, activation, mlp, scatter_sum
-from maskpot.models.registry import register_model
+from maskpot.models.registry import ModelConfigError, register_model
 
 
 class EGNNLayer(nn.Module):
@@ -115,10 +115,10 @@ class EGNN(EnergyModel):
     @staticmethod
     def validate_config(config: dict) -> None:
         if not isinstance(config.get("coord_updates"), bool):
-            raise ValueError(f"config['coord_updates'] must be true/false, got {config.get('coord_updates')!r}")
+            raise ModelConfigError("coord_updates", f"must be true/false, got {config.get('coord_updates')!r}")
         if config.get("distance_input") not in EGNN.DISTANCE_INPUTS:
-            raise ValueError(
-                f"config['distance_input'] must be one of {list(EGNN.DISTANCE_INPUTS)}, got {config.get('distance_input')!r}"
+            raise ModelConfigError(
+                "distance_input", f"must be one of {list(EGNN.DISTANCE_INPUTS)}, got {config.get('distance_input')!r}"
             )
 
     def _distance_features(self, d: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from maskpot.models.common import WATER_CUTOFF, PotentialBase, activation, mlp, scatter_sum
-from maskpot.models.registry import register_model
+from maskpot.models.registry import ModelConfigError, register_model
 
 
 def _hidden_mlp(n_in: int, hidden: int, n_out: int, layers: int, act: str, layer_norm: bool) -> nn.Sequential:
@@ -95,7 +95,7 @@ class GNS(PotentialBase):
     def validate_config(config: dict) -> None:
         m = config.get("mlp_layers")
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ValueError(f"config['mlp_layers'] must be an integer >= 1, got {m!r}")
+            raise ModelConfigError("mlp_layers", f"must be an integer >= 1, got {m!r}")
 
     def forward(self, data: Dict[str, Tensor]) -> Dict[str, Tensor]:
         positions, species_idx, h0, batch, n_graphs, edge_index, edge_vec = self._prepare(data)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from maskpot.models.common import WATER_CUTOFF, EnergyModel, mlp
-from maskpot.models.registry import register_model
+from maskpot.models.registry import ModelConfigError, register_model
 
 _EPS = 1e-8  # inside sqrt of |V v|: finite gradient at v = 0
 
@@ -135,7 +135,7 @@ class PaiNN(EnergyModel):
     @staticmethod
     def validate_config(config: dict) -> None:
         if not isinstance(config.get("shared_filters"), bool):
-            raise ValueError(f"config['shared_filters'] must be true/false, got {config.get('shared_filters')!r}")
+            raise ModelConfigError("shared_filters", f"must be true/false, got {config.get('shared_filters')!r}")
 
     def _bags(self, i: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor]:
         """Eval mode: edge order grouped by centre (stable), and embedding-bag indices / offsets

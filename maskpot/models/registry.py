@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-from typing import Any, Callable, Dict, Mapping, Type
+from typing import Any, Callable, Dict, Mapping, Optional, Type
 
 import torch
 from torch import nn
@@ -43,6 +43,20 @@ COMMON_DEFAULTS: Dict[str, Any] = {
     "neighbor_backend": "torch",
     "vector_head": False,
 }
+
+class ModelConfigError(ValueError):
+    """An invalid model config: ``key`` is the config key at fault (None: the config as a whole),
+    ``problem`` what is wrong with it. The message is ``config['<key>'] <problem>`` (or just the
+    problem); callers that name keys their own way (the training config's ``key 'model.<key>'``)
+    use the two parts."""
+
+    def __init__(self, key: Optional[str], problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(problem if key is None else f"config[{key!r}] {problem}")
+
+    def __reduce__(self):  # picklable across processes (the args are not the message)
+        return type(self), (self.key, self.problem)
+
 
 from maskpot.dtypes import DTYPES as _DTYPES  # noqa: E402  (the one dtype map)
 _BACKENDS = ("torch", "vesin", "auto")
@@ -88,7 +102,7 @@ def register_model(name: str) -> Callable[[Type[nn.Module]], Type[nn.Module]]:
     ``species`` is a config key and needs a default (the default of the key). It also takes the
     ``COMMON_DEFAULTS`` keys except ``dtype`` (``neighbor_backend``, ``vector_head``), whose
     defaults come from ``COMMON_DEFAULTS``. An optional ``validate_config(config)`` static
-    method checks the model's own keys (raise ValueError).
+    method checks the model's own keys (raise ``ModelConfigError(key, problem)``).
     """
 
     def deco(cls: Type[nn.Module]) -> Type[nn.Module]:
@@ -109,7 +123,7 @@ def registered_names() -> str:
 
 def _model_class(name: Any) -> Type[nn.Module]:
     if not isinstance(name, str) or name.lower() not in MODEL_REGISTRY:
-        raise ValueError(f"unknown model name {name!r}; registered: {sorted(MODEL_REGISTRY)}")
+        raise ModelConfigError(None, f"unknown model name {name!r}; registered: {sorted(MODEL_REGISTRY)}")
     return MODEL_REGISTRY[name.lower()]
 
 
@@ -133,26 +147,26 @@ def default_config(name: str, **overrides: Any) -> Dict[str, Any]:
 
 def _check_int(key: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int,)) and not (isinstance(value, float) and value.is_integer()):
-        raise ValueError(f"config[{key!r}] must be an integer, got {value!r}")
+        raise ModelConfigError(key, f"must be an integer, got {value!r}")
     value = int(value)
     if value < minimum:
-        raise ValueError(f"config[{key!r}] must be >= {minimum}, got {value}")
+        raise ModelConfigError(key, f"must be >= {minimum}, got {value}")
     return value
 
 
 def resolve_config(config: Mapping[str, Any], require_species: bool = True) -> Dict[str, Any]:
     """Validate ``config`` and fill in defaults. Unknown keys -> ValueError naming the allowed ones."""
     if not isinstance(config, Mapping):
-        raise ValueError(f"model config must be a dict, got {type(config).__name__}")
+        raise ModelConfigError(None, f"model config must be a dict, got {type(config).__name__}")
     if "name" not in config:
-        raise ValueError(f"model config needs 'name' (one of {sorted(MODEL_REGISTRY)})")
+        raise ModelConfigError(None, f"model config needs 'name' (one of {sorted(MODEL_REGISTRY)})")
     cls = _model_class(config["name"])
     defaults = _defaults(cls, str(config["name"]))
     allowed = {"species"} | set(defaults)
     unknown = sorted(set(config) - allowed)
     if unknown:
-        raise ValueError(
-            f"unknown model config key(s) {unknown} for model {config['name']!r}; allowed keys: {sorted(allowed)}"
+        raise ModelConfigError(
+            None, f"unknown model config key(s) {unknown} for model {config['name']!r}; allowed keys: {sorted(allowed)}"
         )
     out: Dict[str, Any] = defaults
     out.update({k: copy.deepcopy(v) for k, v in config.items()})
@@ -160,40 +174,40 @@ def resolve_config(config: Mapping[str, Any], require_species: bool = True) -> D
     if "species" in out and out["species"] is not None:
         species = out["species"]
         if isinstance(species, (str, bytes)) or not hasattr(species, "__iter__"):
-            raise ValueError(f"config['species'] must be a list of atomic numbers, got {species!r}")
+            raise ModelConfigError("species", f"must be a list of atomic numbers, got {species!r}")
         zs = [_check_int("species", z, 1) for z in species]
         if not zs:
-            raise ValueError("config['species'] is empty")
+            raise ModelConfigError("species", "is empty")
         if any(z > MAX_Z for z in zs):
-            raise ValueError(f"config['species'] has atomic numbers > {MAX_Z}: {zs}")
+            raise ModelConfigError("species", f"has atomic numbers > {MAX_Z}: {zs}")
         if len(set(zs)) != len(zs):
-            raise ValueError(f"config['species'] has duplicates: {zs}")
+            raise ModelConfigError("species", f"has duplicates: {zs}")
         out["species"] = sorted(zs)
     elif require_species:
-        raise ValueError("model config needs 'species' (list of atomic numbers, e.g. [1, 8])")
+        raise ModelConfigError(None, "model config needs 'species' (list of atomic numbers, e.g. [1, 8])")
     else:
         out.pop("species", None)
 
     cutoff = out["cutoff"]
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not cutoff > 0:
-        raise ValueError(f"config['cutoff'] must be a positive number (Å), got {cutoff!r}")
+        raise ModelConfigError("cutoff", f"must be a positive number (Å), got {cutoff!r}")
     out["cutoff"] = float(cutoff)
     for key in ("hidden_channels", "num_layers", "num_rbf", "envelope_exponent"):
         if key in out:
             out[key] = _check_int(key, out[key], 0 if key == "num_layers" else (2 if key == "envelope_exponent" else 1))
     if str(out["activation"]).lower() not in ACTIVATIONS:
-        raise ValueError(f"config['activation'] {out['activation']!r} unknown; allowed: {sorted(ACTIVATIONS)}")
+        raise ModelConfigError("activation", f"{out['activation']!r} unknown; allowed: {sorted(ACTIVATIONS)}")
     out["activation"] = str(out["activation"]).lower()
     if out["dtype"] not in _DTYPES:
-        raise ValueError(f"config['dtype'] must be one of {sorted(_DTYPES)}, got {out['dtype']!r}")
+        raise ModelConfigError("dtype", f"must be one of {sorted(_DTYPES)}, got {out['dtype']!r}")
     if out["neighbor_backend"] not in _BACKENDS:
-        raise ValueError(f"config['neighbor_backend'] must be one of {list(_BACKENDS)}, got {out['neighbor_backend']!r}")
+        raise ModelConfigError("neighbor_backend", f"must be one of {list(_BACKENDS)}, got {out['neighbor_backend']!r}")
     if out["radial_basis"] not in ("bessel", "gaussian"):
-        raise ValueError(f"config['radial_basis'] must be 'bessel' or 'gaussian', got {out['radial_basis']!r}")
+        raise ModelConfigError("radial_basis", f"must be 'bessel' or 'gaussian', got {out['radial_basis']!r}")
     if out["envelope"] not in ("polynomial", "cosine"):
-        raise ValueError(f"config['envelope'] must be 'polynomial' or 'cosine', got {out['envelope']!r}")
+        raise ModelConfigError("envelope", f"must be 'polynomial' or 'cosine', got {out['envelope']!r}")
     if not isinstance(out["vector_head"], bool):
-        raise ValueError(f"config['vector_head'] must be true/false, got {out['vector_head']!r}")
+        raise ModelConfigError("vector_head", f"must be true/false, got {out['vector_head']!r}")
     validate = getattr(cls, "validate_config", None)
     if validate is not None:
         validate(out)

@@ -26,16 +26,29 @@ import copy
 import json
 import logging
 import os
-import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from maskpot.training.config import ConfigError, load_config, save_config
+from maskpot.data.dataset import AtomicDataset, _counts, load_or_create_splits, load_splits
+from maskpot.data.io import read_dataset
+from maskpot.data.validate import MIN_DISTANCE, DataValidationError, check_cutoff, periodicity_of
+from maskpot.models import build_model
+from maskpot.models.perf import tune_cpu_allocator
+from maskpot.models.registry import registered_names
+from maskpot.training import setup
+from maskpot.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from maskpot.training.config import ConfigError, TrainingConfig, load_config, model_error, save_config
+from maskpot.training.distributed import init_from_env
+from maskpot.training.evaluate import evaluate
+from maskpot.training.metrics_log import MetricsLogger
+from maskpot.training.objectives import build_objective
+from maskpot.training.trainer import Trainer
 from maskpot.utils import atomic_write_json, seed_everything, versions
 
 log = logging.getLogger("maskpot.train")
@@ -83,17 +96,17 @@ def _resolved(value: Any, base: str) -> Any:
     return os.path.realpath(os.path.join(base, os.path.expanduser(value)))
 
 
-def _anchor_resume_paths(cfg: Dict[str, Any], stored: Dict[str, Any], stored_cwd: Optional[str]) -> None:
+def _anchor_resume_paths(config: TrainingConfig, stored: Dict[str, Any], stored_cwd: Optional[str]) -> None:
     """Relative paths read back from the interrupted run's config are relative to the folder that
     run was started in: make them absolute there, so a resume from elsewhere reads the same files."""
     if not stored_cwd:
         return
-    new, old = _flatten(cfg), _flatten(stored)
+    new, old = _flatten(config.to_dict()), _flatten(stored)
     for key in PATH_KEYS[:-1]:  # not output.dir: the run folder is where the user pointed
         value = new.get(key)
         if isinstance(value, str) and value and value == old.get(key) and not os.path.isabs(os.path.expanduser(value)):
             section, name = key.split(".")
-            cfg[section][name] = _resolved(value, stored_cwd)
+            setattr(getattr(config, section), name, _resolved(value, stored_cwd))
 
 
 def _check_resume_config(cfg: Dict[str, Any], stored: Dict[str, Any], path: Path, stored_cwd: Optional[str] = None) -> None:
@@ -131,19 +144,12 @@ def _check_resume_config(cfg: Dict[str, Any], stored: Dict[str, Any], path: Path
 
 def _read_options(d: Dict[str, Any]) -> Dict[str, Any]:
     """read_dataset options from the data section: explicit units, strict plausibility, min distance."""
-    from maskpot.data.validate import MIN_DISTANCE
-
     return {"units": d.get("units"), "strict": bool(d.get("strict")),
             "min_distance": MIN_DISTANCE if d.get("min_distance") is None else float(d["min_distance"])}
 
 
 def _load_data(cfg: Dict[str, Any], out_dir: Path, ctx: Any):
-    """(all samples, splits dict, train, val, test, hashes)."""
-    from maskpot.data.dataset import AtomicDataset, load_or_create_splits, load_splits
-    from maskpot.data.io import read_dataset
-
-    from maskpot.data.dataset import _counts
-
+    """(all samples, splits dict, train, val, test, hashes) of the config dict ``cfg``."""
     d = cfg["data"]
     if not d["path"]:
         raise ConfigError("key 'data.path' is required (file or folder of frames)")
@@ -184,36 +190,31 @@ def _load_data(cfg: Dict[str, Any], out_dir: Path, ctx: Any):
     return samples, splits, train, val, test, hashes
 
 
-def _build_model(cfg: Dict[str, Any], objective: Any, species: List[int], resume_ckpt: Optional[Dict[str, Any]]):
-    """(model, init report). Architecture: from the resume checkpoint, the init checkpoint, or cfg."""
-    from maskpot.models import build_model
-    from maskpot.models.registry import registered_names
-    from maskpot.training import setup
-
-    t, init = cfg["train"], cfg["init"]
-    user = dict(cfg["model"] or {})
-    if user.get("dtype", t["dtype"]) != t["dtype"]:
-        raise ConfigError(f"key 'model.dtype' ({user['dtype']}) differs from 'train.dtype' ({t['dtype']}): set only train.dtype")
-    user["dtype"] = t["dtype"]
-    wants_vectors = objective.prediction_key == "vectors"
-    if wants_vectors:
+def _build_model(config: TrainingConfig, objective: Any, species: List[int], resume_ckpt: Optional[Dict[str, Any]]):
+    """(model, init report). Architecture: from the resume checkpoint, the init checkpoint, or the config."""
+    t, init = config.train, config.init
+    user = dict(config.model or {})
+    if user.get("dtype", t.dtype) != t.dtype:
+        raise ConfigError(f"key 'model.dtype' ({user['dtype']}) differs from 'train.dtype' ({t.dtype}): set only train.dtype")
+    user["dtype"] = t.dtype
+    if objective.prediction_key == "vectors":
         if user.get("vector_head") is False:
             raise ConfigError("objective.use_vector_head is true but model.vector_head is false")
         user["vector_head"] = True
     report: Dict[str, Any] = {}
     if resume_ckpt is not None:
         mc = dict(resume_ckpt["model_config"])
-        mc["dtype"] = t["dtype"]
+        mc["dtype"] = t.dtype
         model = build_model(mc)
-    elif init["checkpoint"]:
-        if cfg["task"] == "energy_force" and "vector_head" not in user:
+    elif init.checkpoint:
+        if config.task == "energy_force" and "vector_head" not in user:
             user["vector_head"] = False  # the pretraining head is not needed to fit energies/forces
-        model, report = setup.build_from_init(init["checkpoint"], user, use_ema=init["use_ema"])
-        report = {"checkpoint": init["checkpoint"], "loaded": len(report["loaded"]),
-                  "not_in_checkpoint": report["not_in_checkpoint"],
-                  "ignored_from_checkpoint": report["ignored_from_checkpoint"], "source_task": report["source_task"]}
-        if init["reset_heads"]:
-            report["reset"] = setup.reset_heads(model, seed=int(t["seed"]))
+        model, loaded = setup.build_from_init(init.checkpoint, user, use_ema=init.use_ema)
+        report = {"checkpoint": init.checkpoint, "loaded": len(loaded["loaded"]),
+                  "not_in_checkpoint": loaded["not_in_checkpoint"],
+                  "ignored_from_checkpoint": loaded["ignored_from_checkpoint"], "source_task": loaded["source_task"]}
+        if init.reset_heads:
+            report["reset"] = setup.reset_heads(model, seed=int(t.seed))
     else:
         if "name" not in user:
             raise ConfigError(f"key 'model.name' is required when training from scratch ({registered_names()})")
@@ -221,23 +222,22 @@ def _build_model(cfg: Dict[str, Any], objective: Any, species: List[int], resume
         try:
             model = build_model(user)
         except ValueError as exc:
-            msg, named = re.subn(r"config\[(['\"])(\w+)\1\]", r"key 'model.\2'", str(exc))
-            raise ConfigError(msg if named else f"key 'model': {msg}") from exc
+            raise model_error(exc) from exc
     try:
-        setup.check_species(model, species, f"data {cfg['data']['path']}")
+        setup.check_species(model, species, f"data {config.data.path}")
     except ValueError as exc:
-        src = f"--init checkpoint {init['checkpoint']}" if init["checkpoint"] and resume_ckpt is None else (
+        src = f"--init checkpoint {init.checkpoint}" if init.checkpoint and resume_ckpt is None else (
             "the resumed run" if resume_ckpt is not None else "the model")
         raise ConfigError(f"{exc}: {src} cannot be trained on it (use data with its species or train from scratch)") from exc
-    if init["freeze_encoder"]:
+    if init.freeze_encoder:
         frozen, trainable = setup.freeze_encoder(model)
         report["frozen_parameters"], report["trainable_parameters"] = frozen, trainable
     return model, report
 
 
-def _check_labels(cfg: Dict[str, Any], objective: Any, groups: Sequence[Sequence[Any]]) -> None:
+def _check_labels(config: TrainingConfig, objective: Any, groups: Sequence[Sequence[Any]]) -> None:
     """Energy/force training needs the labels its loss weights use, in every frame."""
-    if cfg["task"] != "energy_force":
+    if config.task != "energy_force":
         return
     c = getattr(objective, "config", {}) or {}
     for key, weight_key, unit in (("forces", "force_weight", "eV/Å"), ("energy", "energy_weight", "eV")):
@@ -248,10 +248,8 @@ def _check_labels(cfg: Dict[str, Any], objective: Any, groups: Sequence[Sequence
         if lacking:
             s = lacking[0]
             total = sum(len(g) for g in groups)
-            from maskpot.data.validate import DataValidationError
-
             raise DataValidationError(
-                f"{s.info.get('source', cfg['data']['path'])} [frame {s.info.get('frame', '?')}]", key,
+                f"{s.info.get('source', config.data.path)} [frame {s.info.get('frame', '?')}]", key,
                 f"expected {key} labels ({unit}) because task energy_force has objective.{weight_key} = {weight}, "
                 f"found none ({len(lacking)} of {total} frames lack them); use labelled data or set "
                 f"objective.{weight_key}=0",
@@ -260,8 +258,6 @@ def _check_labels(cfg: Dict[str, Any], objective: Any, groups: Sequence[Sequence
 
 def _check_model_cutoff(model: Any, groups: Sequence[Sequence[Any]]) -> None:
     """The model's cutoff must fit every periodic cell of the data (before the first step)."""
-    from maskpot.data.validate import DataValidationError, check_cutoff
-
     cutoff = getattr(model, "cutoff", None)
     if cutoff is None:
         return
@@ -291,155 +287,211 @@ def _check_output_dir(out_dir: Path) -> None:
             return
 
 
-def run_training(
-    cfg: Dict[str, Any], resume: bool = False, callbacks: Sequence[Any] = (), argv: Optional[Sequence[str]] = None
-) -> Dict[str, Any]:
-    """Run (or resume) the training described by the resolved config ``cfg``; returns a summary.
+@dataclass
+class _RunFolder:
+    """Where a run writes, and what a resumed run continues from."""
 
+    out_dir: Path
+    last: Path  # <out_dir>/last.pt
+    resume_ckpt: Optional[Dict[str, Any]]  # last.pt's contents when resuming
+    cwd: str  # the folder the run was first started in (its relative paths are relative to it)
+
+
+@dataclass
+class _Setup:
+    """Everything the training loop needs, built from the config and the data."""
+
+    train: List[Any]
+    val: List[Any]
+    test: List[Any]
+    hashes: Dict[str, Any]
+    objective: Any
+    model: Any
+    init_report: Dict[str, Any]
+    normalization: Optional[Dict[str, Any]]
+
+
+def _open_run_folder(config: TrainingConfig, resume: bool, ctx: Any) -> _RunFolder:
+    """Check ``output.dir``; when resuming, load ``last.pt`` and check the config is the interrupted
+    run's (relative paths read against the folder it was started in); create the folder."""
+    out_dir = Path(config.output.dir)
+    _check_output_dir(out_dir)
+    last = out_dir / "last.pt"
+    resume_ckpt = None
+    run_cwd = os.getcwd()
+    if resume:
+        if not last.is_file():
+            raise ConfigError(f"--resume: {last} not found (output.dir = {out_dir})")
+        resume_ckpt = load_checkpoint(last)
+        stored_cfg = resume_ckpt.get("train_config") or {}
+        try:
+            run_cwd = json.loads((out_dir / "run.json").read_text()).get("cwd") or run_cwd
+            stored_cwd = run_cwd if run_cwd != os.getcwd() else None
+        except (OSError, ValueError, AttributeError):
+            stored_cwd = None
+        _anchor_resume_paths(config, stored_cfg, stored_cwd)
+        _check_resume_config(config.to_dict(), stored_cfg, last, stored_cwd)
+    elif last.exists():
+        raise ConfigError(f"{out_dir} already holds a run (last.pt): pass --resume to continue it or choose another output.dir")
+    if ctx.is_main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"key 'output.dir': cannot create folder {out_dir} ({exc})") from exc
+    ctx.barrier()
+    return _RunFolder(out_dir, last, resume_ckpt, run_cwd)
+
+
+def _set_up(config: TrainingConfig, folder: _RunFolder, ctx: Any) -> _Setup:
+    """Data and splits, objective, model (checked against the data), normalisation. Writes the
+    resolved config (``config.model`` becomes the built model's full config)."""
+    cfg = config.to_dict()
+    samples, _, train, val, test, hashes = _load_data(cfg, folder.out_dir, ctx)
+    species = sorted({int(z) for s in list(samples) + list(test) for z in np.unique(s.numbers)})
+    objective = build_objective(config.task, config.objective)  # validated with the config
+    groups = (samples, test) if config.data.test_path else (samples,)
+    _check_labels(config, objective, groups)
+    model, init_report = _build_model(config, objective, species, folder.resume_ckpt)
+    _check_model_cutoff(model, groups)
+    norm = None
+    if folder.resume_ckpt is None and config.task == "energy_force":
+        norm = setup.fit_normalization(model, train)
+        log.info("normalisation from %d training frames: %s", len(train), norm)
+    config.model = dict(model.config)
+    if ctx.is_main:
+        save_config(config, folder.out_dir / "config.yaml")
+    return _Setup(train, val, test, hashes, objective, model, init_report, norm)
+
+
+def _run_info(config: TrainingConfig, run: _Setup, trainer: Any, folder: _RunFolder, ctx: Any,
+              argv: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """The provenance record ``run.json`` (a resumed run keeps its start and its init record)."""
+    model = run.model
+    resumed = folder.resume_ckpt is not None
+    info: Dict[str, Any] = {
+        "status": "running",
+        "task": config.task,
+        "config": config.to_dict(),
+        "seed": int(config.train.seed),
+        "versions": versions(),
+        "data_hash": run.hashes,
+        "n_frames": {"train": len(run.train), "val": len(run.val), "test": len(run.test)},
+        "species": list(model.species),
+        "normalization": model.get_normalization() if hasattr(model, "get_normalization") else run.normalization,
+        "init": run.init_report,
+        "world_size": ctx.world_size,
+        "torch_threads": torch.get_num_threads(),  # what actually ran (config, env or default)
+        "argv": list(argv) if argv is not None else None,
+        "cwd": folder.cwd,
+        "resumed_at": {"epoch": trainer.epoch, "step": trainer.step} if resumed else None,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    run_json = folder.out_dir / "run.json"
+    if resumed and ctx.is_main and run_json.is_file():
+        prev = json.loads(run_json.read_text())
+        info["started"] = prev.get("started", info["started"])
+        info["resumed"] = prev.get("resumed", []) + [info["resumed_at"]]
+        # a resumed run loads last.pt, not the init checkpoint: keep the record of where its
+        # weights came from (pretrained or scratch), which reports and tables read
+        info["init"] = prev.get("init") or info["init"]
+    return info
+
+
+def _fit(config: TrainingConfig, trainer: Any, run_info: Dict[str, Any], folder: _RunFolder, resume: bool,
+         ctx: Any) -> Dict[str, Any]:
+    """The training loop with its metrics log; an interrupted run is marked so in ``run.json``."""
+    out_dir = folder.out_dir
+    logger = MetricsLogger(out_dir, tensorboard=config.output.tensorboard, resume=resume) if ctx.is_main else None
+    if logger is not None and resume:
+        logger.truncate(trainer.epoch)
+    try:
+        return trainer.fit(logger)
+    except BaseException:
+        if ctx.is_main:
+            run_info["status"] = "interrupted"
+            atomic_write_json(out_dir / "run.json", run_info)
+        raise
+    finally:
+        if logger is not None:
+            if config.output.plot:
+                try:
+                    logger.plot()
+                except Exception as exc:  # plotting must never lose a run
+                    log.warning("learning-curve plot failed: %s", exc)
+            logger.close()
+
+
+def _load_weights(model: Any, data: Dict[str, Any]) -> None:
+    model.load_state_dict(data["ema_state"] if data.get("ema_state") is not None else data["model_state"])
+
+
+def _test(config: TrainingConfig, run: _Setup, trainer: Any, run_info: Dict[str, Any], folder: _RunFolder,
+          ctx: Any) -> Dict[str, Any]:
+    """Test metrics with the best weights (EMA when present, as validated); an energy/force run
+    first refits the checkpoint's energy shift on the training frames."""
+    best = folder.out_dir / "best.pt" if (folder.out_dir / "best.pt").is_file() else folder.last
+    model, energy_force = run.model, config.task == "energy_force"
+    data = load_checkpoint(best)
+    _load_weights(model, data)
+    if energy_force and ctx.is_main and "energy_refit" not in data:
+        refit = setup.refit_checkpoint_energy(best, data, model, run.train)
+        run_info["energy_refit"] = refit
+        log.info("energy shift refit on %d training frames: mean error %.3g -> %.3g meV",
+                 refit.get("n_frames", 0), refit.get("mean_error_before_meV", 0.0),
+                 refit.get("mean_error_after_meV", 0.0))
+    ctx.barrier()
+    if energy_force and ctx.enabled and not ctx.is_main:
+        _load_weights(model, load_checkpoint(best))
+    metrics: Dict[str, Any] = {"checkpoint": best.name, "n_frames": len(run.test)}
+    if run.test:
+        metrics.update(
+            evaluate(model, run.test, run.objective, batch_size=trainer.eval_batch_size, dtype=trainer.dtype,
+                     device=trainer.device, seed=int(config.train.seed), ctx=ctx)
+        )
+    return metrics
+
+
+def run_training(
+    cfg: Union[TrainingConfig, Mapping[str, Any]], resume: bool = False, callbacks: Sequence[Any] = (),
+    argv: Optional[Sequence[str]] = None,
+) -> Dict[str, Any]:
+    """Run (or resume) the training described by ``cfg`` (a :class:`TrainingConfig` or the dict
+    :func:`load_config` returns); returns a summary.
+
+    Steps: open the run folder (resume checks), set up data / objective / model, write
+    ``run.json``, fit, evaluate the best weights on the test frames, write the results.
     ``callbacks`` are called after every epoch as ``cb(trainer, row)`` (tests use them to
     simulate an interruption).
     """
-    from maskpot.training.checkpoint import load_checkpoint
-    from maskpot.training.distributed import init_from_env
-    from maskpot.training.evaluate import evaluate
-    from maskpot.training.metrics_log import MetricsLogger
-    from maskpot.training.objectives import build_objective
-    from maskpot.training import setup
-    from maskpot.training.setup import fit_normalization
-    from maskpot.training.trainer import Trainer
-
-    cfg = copy.deepcopy(cfg)
-    t = cfg["train"]
+    config = copy.deepcopy(cfg) if isinstance(cfg, TrainingConfig) else TrainingConfig.from_dict(cfg)
+    t = config.train
     started = time.time()
-    ctx = init_from_env(t["device"])
+    ctx = init_from_env(t.device)
     try:
-        if t["num_threads"]:
-            torch.set_num_threads(int(t["num_threads"]))
-        seed_everything(int(t["seed"]))
-        out_dir = Path(cfg["output"]["dir"])
-        _check_output_dir(out_dir)
-        last = out_dir / "last.pt"
-        resume_ckpt = None
-        run_cwd = os.getcwd()
-        if resume:
-            if not last.is_file():
-                raise ConfigError(f"--resume: {last} not found (output.dir = {out_dir})")
-            resume_ckpt = load_checkpoint(last)
-            stored_cfg = resume_ckpt.get("train_config") or {}
-            try:
-                run_cwd = json.loads((out_dir / "run.json").read_text()).get("cwd") or run_cwd
-                stored_cwd = run_cwd if run_cwd != os.getcwd() else None
-            except (OSError, ValueError, AttributeError):
-                stored_cwd = None
-            _anchor_resume_paths(cfg, stored_cfg, stored_cwd)
-            _check_resume_config(cfg, stored_cfg, last, stored_cwd)
-        elif last.exists():
-            raise ConfigError(f"{out_dir} already holds a run (last.pt): pass --resume to continue it or choose another output.dir")
+        if t.num_threads:
+            torch.set_num_threads(int(t.num_threads))
+        seed_everything(int(t.seed))
+        folder = _open_run_folder(config, resume, ctx)
+        run = _set_up(config, folder, ctx)
+        data_hash = run.hashes["data"] if not run.hashes["test_file"] else f"{run.hashes['data']}+{run.hashes['test_file']}"
+        meta = {"task": config.task, "data_hash": data_hash, "periodicity": periodicity_of(run.train)}
+        trainer = Trainer(run.model, run.objective, config.to_dict(), run.train, run.val, folder.out_dir, ctx=ctx,
+                          meta=meta, callbacks=callbacks)
+        if folder.resume_ckpt is not None:
+            trainer.load_resume(folder.last)
+            log.info("resumed from %s at epoch %d, step %d", folder.last, trainer.epoch, trainer.step)
+        run_info = _run_info(config, run, trainer, folder, ctx, argv)
         if ctx.is_main:
-            try:
-                out_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"key 'output.dir': cannot create folder {out_dir} ({exc})") from exc
+            atomic_write_json(folder.out_dir / "run.json", run_info)
+        summary = _fit(config, trainer, run_info, folder, resume, ctx)
         ctx.barrier()
-
-        samples, splits, train, val, test, hashes = _load_data(cfg, out_dir, ctx)
-        species = sorted({int(z) for s in list(samples) + list(test) for z in np.unique(s.numbers)})
-        try:
-            objective = build_objective(cfg["task"], cfg["objective"])
-        except ValueError as exc:
-            raise ConfigError(f"key 'objective' (task {cfg['task']}): {exc}") from exc
-        groups = (samples, test) if cfg["data"]["test_path"] else (samples,)
-        _check_labels(cfg, objective, groups)
-        model, init_report = _build_model(cfg, objective, species, resume_ckpt)
-        _check_model_cutoff(model, groups)
-        norm = None
-        if resume_ckpt is None and cfg["task"] == "energy_force":
-            norm = fit_normalization(model, train)
-            log.info("normalisation from %d training frames: %s", len(train), norm)
-        cfg["model"] = dict(model.config)
-        if ctx.is_main:
-            save_config(cfg, out_dir / "config.yaml")
-        data_hash = hashes["data"] if not hashes["test_file"] else f"{hashes['data']}+{hashes['test_file']}"
-        from maskpot.data.validate import periodicity_of
-
-        meta = {"task": cfg["task"], "data_hash": data_hash, "periodicity": periodicity_of(train)}
-        trainer = Trainer(model, objective, cfg, train, val, out_dir, ctx=ctx, meta=meta, callbacks=callbacks)
-        if resume_ckpt is not None:
-            trainer.load_resume(last)
-            log.info("resumed from %s at epoch %d, step %d", last, trainer.epoch, trainer.step)
-        run_info: Dict[str, Any] = {
-            "status": "running",
-            "task": cfg["task"],
-            "config": cfg,
-            "seed": int(t["seed"]),
-            "versions": versions(),
-            "data_hash": hashes,
-            "n_frames": {"train": len(train), "val": len(val), "test": len(test)},
-            "species": list(model.species),
-            "normalization": model.get_normalization() if hasattr(model, "get_normalization") else norm,
-            "init": init_report,
-            "world_size": ctx.world_size,
-            "torch_threads": torch.get_num_threads(),  # what actually ran (config, env or default)
-            "argv": list(argv) if argv is not None else None,
-            "cwd": run_cwd,
-            "resumed_at": {"epoch": trainer.epoch, "step": trainer.step} if resume_ckpt is not None else None,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        if resume and ctx.is_main and (out_dir / "run.json").is_file():
-            prev = json.loads((out_dir / "run.json").read_text())
-            run_info["started"] = prev.get("started", run_info["started"])
-            run_info["resumed"] = prev.get("resumed", []) + [run_info["resumed_at"]]
-            # a resumed run loads last.pt, not the init checkpoint: keep the record of where its
-            # weights came from (pretrained or scratch), which reports and tables read
-            run_info["init"] = prev.get("init") or run_info["init"]
-        if ctx.is_main:
-            atomic_write_json(out_dir / "run.json", run_info)
-        logger = MetricsLogger(out_dir, tensorboard=cfg["output"]["tensorboard"], resume=resume) if ctx.is_main else None
-        if logger is not None and resume:
-            logger.truncate(trainer.epoch)
-        try:
-            summary = trainer.fit(logger)
-        except BaseException:
-            if ctx.is_main:
-                run_info["status"] = "interrupted"
-                atomic_write_json(out_dir / "run.json", run_info)
-            raise
-        finally:
-            if logger is not None:
-                if cfg["output"]["plot"]:
-                    try:
-                        logger.plot()
-                    except Exception as exc:  # plotting must never lose a run
-                        log.warning("learning-curve plot failed: %s", exc)
-                logger.close()
-
-        # test metrics with the best weights (EMA when present, as validated)
-        ctx.barrier()
-        best = out_dir / "best.pt" if (out_dir / "best.pt").is_file() else last
-        data = load_checkpoint(best)
-        model.load_state_dict(data["ema_state"] if data.get("ema_state") is not None else data["model_state"])
-        if cfg["task"] == "energy_force" and ctx.is_main and "energy_refit" not in data:
-            refit = setup.refit_checkpoint_energy(best, data, model, train)
-            run_info["energy_refit"] = refit
-            log.info("energy shift refit on %d training frames: mean error %.3g -> %.3g meV",
-                     refit.get("n_frames", 0), refit.get("mean_error_before_meV", 0.0),
-                     refit.get("mean_error_after_meV", 0.0))
-        ctx.barrier()
-        if cfg["task"] == "energy_force" and ctx.enabled and not ctx.is_main:
-            data = load_checkpoint(best)
-            model.load_state_dict(data["ema_state"] if data.get("ema_state") is not None else data["model_state"])
-        test_metrics: Dict[str, Any] = {"checkpoint": best.name, "n_frames": len(test)}
-        if test:
-            test_metrics.update(
-                evaluate(model, test, objective, batch_size=trainer.eval_batch_size, dtype=trainer.dtype,
-                         device=trainer.device, seed=int(t["seed"]), ctx=ctx)
-            )
+        test_metrics = _test(config, run, trainer, run_info, folder, ctx)
         summary["test"] = test_metrics
         summary["elapsed_s"] = time.time() - started
         if ctx.is_main:
-            atomic_write_json(out_dir / "test_metrics.json", test_metrics)
+            atomic_write_json(folder.out_dir / "test_metrics.json", test_metrics)
             run_info.update(status="finished", summary=summary, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            atomic_write_json(out_dir / "run.json", run_info)
+            atomic_write_json(folder.out_dir / "run.json", run_info)
             log.info("done: %s", summary)
         # every rank tears the process group down together: a rank destroying it while another
         # still writes its files aborted the early one in gloo's teardown (SIGABRT, ~1 in 4 under load)
@@ -497,17 +549,12 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``maskpot-train`` (returns the exit status; errors exit with status 2)."""
     args = train_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from maskpot.models.perf import tune_cpu_allocator
-
     tune_cpu_allocator()  # training allocates the same large edge tensors every step
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:
         print(f"maskpot-train: error: {exc}", file=sys.stderr)
         return 2
-    from maskpot.data.validate import DataValidationError
-    from maskpot.training.checkpoint import CheckpointError
-
     try:
         run_training(cfg, resume=args.resume, argv=list(argv) if argv is not None else sys.argv[1:])
     except (ConfigError, CheckpointError, DataValidationError, FileNotFoundError) as exc:
@@ -585,8 +632,6 @@ IMPLAUSIBLE_MEV_PER_ATOM = 1000.0
 
 def _eval_mismatch(ckpt: Dict[str, Any], model: Any, samples: Sequence[Any], args: argparse.Namespace) -> Optional[str]:
     """Why the checkpoint cannot be evaluated on these frames (species, periodicity), or None."""
-    from maskpot.data.validate import periodicity_of
-
     known = set(int(z) for z in getattr(model, "species", []))
     present = sorted({int(z) for s in samples for z in np.unique(s.numbers)})
     unknown = [z for z in present if known and z not in known]
@@ -620,17 +665,10 @@ def format_table(metrics: Dict[str, Any], title: str) -> str:
 
 def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``maskpot-eval``: prints a table and optionally writes JSON."""
-    from maskpot.data.dataset import load_splits
-    from maskpot.data.io import read_dataset
-    from maskpot.training.checkpoint import load_checkpoint, model_from_checkpoint
-    from maskpot.training.evaluate import evaluate
-
     args = eval_parser().parse_args(argv)
     try:
         samples = read_dataset(args.data, format=args.format, units=args.units)
         if args.split_file:
-            from maskpot.data.dataset import AtomicDataset
-
             idx = load_splits(args.split_file, len(samples), AtomicDataset(samples).data_hash())[args.subset]
             samples = [samples[int(i)] for i in idx]
         ckpt = load_checkpoint(args.checkpoint)
