@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskpot.training import checkpoint as ckpt_mod
+from maskpot import checkpoint as ckpt_mod  # the module that writes checkpoints
 from maskpot.training.checkpoint import load_checkpoint
 from maskpot.training.cli import run_training, train_main
 from maskpot.training.config import load_config
