@@ -73,12 +73,15 @@ class CompiledForward:
     ``model`` at every call, so optimiser steps, EMA swaps and ``load_state_dict`` are seen.
     """
 
-    def __init__(self, model: torch.nn.Module, batch: Dict[str, Tensor]) -> None:
+    def __init__(self, model: torch.nn.Module, batch: Dict[str, Tensor], cpp_wrapper: bool = True) -> None:
         self.model = model
         self.names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
         self.keys = tuple(k for k in _ATOM_KEYS if k in batch)
         self.n_outputs = 0
-        self.graph = torch.compile(self._trace(batch), dynamic=True, fullgraph=True)
+        # cpp_wrapper: the compiled graph's kernel calls from C++, not Python (the steps of
+        # rMD17 molecules are ~200 small kernels: measured 20.5 -> 9.5 ms forward, TensorNet 64x2)
+        self.graph = torch.compile(self._trace(batch), dynamic=True, fullgraph=True,
+                                   options={"cpp_wrapper": bool(cpp_wrapper)})
 
     def _state(self) -> List[Tensor]:
         params = dict(self.model.named_parameters())
@@ -153,12 +156,17 @@ def compile_forward(model: torch.nn.Module, batch: Dict[str, Tensor]
     the check fails."""
     if not model.training:
         return model, "compile: the model must be in training mode"
-    try:
-        compiled = CompiledForward(model, batch)
-        got, got_grads = _outputs_and_gradients(compiled, model, batch)
-        want, want_grads = _outputs_and_gradients(model, model, batch)
-    except Exception as exc:  # unsupported op, no C++ compiler, ...: train eagerly, say why
-        return model, f"torch.compile of the training step failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"
+    want, want_grads = _outputs_and_gradients(model, model, batch)
+    failure = ""
+    for cpp_wrapper in (True, False):  # the C++ wrapper first; plain inductor if it fails
+        try:
+            compiled = CompiledForward(model, batch, cpp_wrapper=cpp_wrapper)
+            got, got_grads = _outputs_and_gradients(compiled, model, batch)
+            break
+        except Exception as exc:  # unsupported op, no C++ compiler, ...: train eagerly, say why
+            failure = f"torch.compile of the training step failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"
+    else:
+        return model, failure
     tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 1e-8
     for key, value in want.items():
         if key not in got or got[key].shape != value.shape:
