@@ -24,7 +24,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from benchmarks.common import Case, append_results, interleave, machine_line, markdown_table, ratio, water_box
+from benchmarks.common import Case, interleave, markdown_table, publish, ratio, water_box
 from maskpot.deploy.export import call_exported, export_model, load_exported
 from maskpot.models import build_model
 
@@ -83,13 +83,11 @@ def main() -> None:
                 rows.append([label, n_atoms, f"{cases[0].median():.1f}", f"{cases[1].median():.1f}",
                              f"**{med:.2f}x** [{lo:.2f}, {hi:.2f}]", f"{de:.1e}", f"{df:.1e}", f"{compile_s:.0f}"])
                 print(markdown_table(HEADER, rows[-1:]))
-    table = markdown_table(HEADER, rows)
-    print(table)
-    if not args.no_append:
-        append_results("TorchScript vs pt2 inference (bench_pt2.py)", machine_line() + "\n\n" + table,
-                       "Energy+forces per call, neighbour list included, float32, random weights, "
-                       f"{args.rounds} interleaved rounds of 3 calls; ratio = TorchScript / pt2 (>1: pt2 faster), "
-                       "median [min, max] over rounds; dE, dF: largest relative difference between the files.")
+    publish("TorchScript vs pt2 inference (bench_pt2.py)", HEADER, rows,
+            "Energy+forces per call, neighbour list included, float32, random weights, "
+            f"{args.rounds} interleaved rounds of 3 calls; ratio = TorchScript / pt2 (>1: pt2 faster), "
+            "median [min, max] over rounds; dE, dF: largest relative difference between the files.",
+            not args.no_append)
 
 
 HEADER = ["model", "atoms", "TorchScript ms", "pt2 ms", "speed-up", "rel. dE", "rel. max dF", "pt2 compile s"]

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from benchmarks.common import Case, append_results, interleave, machine_line, markdown_table, ratio, water_box
+from benchmarks.common import Case, interleave, markdown_table, publish, ratio, water_box
 from maskpot.data.neighbors import neighbor_list
 from maskpot.data.sample import Sample
 from maskpot.models import build_model
@@ -140,15 +140,13 @@ def main() -> None:
     rows.append(run_case("painn 64x2 3.5 Å, 64-molecule water box",
                          {"name": "painn", "hidden_channels": 64, "num_layers": 2, "cutoff": 3.5},
                          water_frames(), 4, args.rounds, args.steps)[0])
-    table = markdown_table(HEADER, rows)
-    print(table)
-    if not args.no_append:
-        append_results("Training step, eager vs train.compile (bench_train_step.py)", machine_line() + "\n\n" + table,
-                       "One step: batch transform + collate, forward, energy_force loss (MSE, forces x100), backward, "
-                       f"clipping, AdamW; float32; {args.rounds} interleaved rounds of {args.steps} steps per case; "
-                       "speed-up = eager / compiled, median [min, max] over rounds; the neighbour list (inside both "
-                       "steps) also timed alone; last column: largest relative difference between the two copies' "
-                       "losses over the same batches (same initial weights). " + " ".join(notes))
+    publish("Training step, eager vs train.compile (bench_train_step.py)", HEADER, rows,
+            "One step: batch transform + collate, forward, energy_force loss (MSE, forces x100), backward, "
+            f"clipping, AdamW; float32; {args.rounds} interleaved rounds of {args.steps} steps per case; "
+            "speed-up = eager / compiled, median [min, max] over rounds; the neighbour list (inside both "
+            "steps) also timed alone; last column: largest relative difference between the two copies' "
+            "losses over the same batches (same initial weights). " + " ".join(notes),
+            not args.no_append)
 
 
 if __name__ == "__main__":

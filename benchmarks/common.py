@@ -74,6 +74,15 @@ def prepare_cpu(threads: int) -> None:
     tune_cpu_allocator()
 
 
+def publish(title: str, header: Sequence[str], rows: List[Sequence[object]], notes: str, append: bool) -> str:
+    """Print the table of a comparison and (``append``) add it with the machine line to RESULTS.md."""
+    table = markdown_table(header, rows)
+    print(table)
+    if append:
+        append_results(title, machine_line() + "\n\n" + table, notes)
+    return table
+
+
 def append_results(title: str, table: str, notes: str = "") -> None:
     """Append a dated section to benchmarks/RESULTS.md (machine and versions recorded)."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")

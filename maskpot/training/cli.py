@@ -38,6 +38,7 @@ import torch
 from maskpot.data.dataset import AtomicDataset, _counts, load_or_create_splits, load_splits
 from maskpot.data.io import read_dataset
 from maskpot.data.validate import MIN_DISTANCE, DataValidationError, check_cutoff, periodicity_of
+from maskpot.dtypes import DTYPES
 from maskpot.models import build_model
 from maskpot.models.perf import tune_cpu_allocator
 from maskpot.models.registry import registered_names
@@ -681,7 +682,7 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         print(f"maskpot-eval: error: {problem}", file=sys.stderr)
         return 2
-    dtype = {"float32": torch.float32, "float64": torch.float64}[model.config.get("dtype", "float32")]
+    dtype = DTYPES[model.config.get("dtype", "float32")]
     t0 = time.perf_counter()
     metrics: Dict[str, Any] = evaluate(model, samples, None, batch_size=args.batch_size, dtype=dtype,
                                        device=torch.device(args.device))
