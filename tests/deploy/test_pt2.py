@@ -103,3 +103,27 @@ def test_pt2_python_force_matches_ase(exported):
     assert abs(e_omm - e_ase) < 1e-6 * max(1.0, abs(e_ase))
     with pytest.raises(ValueError, match="pt2"):
         create_force(exported[0], atoms.numbers.tolist(), backend="torch", periodic=True)
+
+
+def test_pt2_invariances(exported):
+    """Rotation (open cluster), translation, permutation and wrapping (periodic box): the
+    compiled graph keeps the symmetries of the model."""
+    module, _ = load_exported(exported[0])
+    pos, z, cell, pbc = _inputs(water_box(n_side=3, seed=4))
+    e0, f0 = call_exported(module, pos, z, cell, pbc)
+    shift = torch.tensor([0.37, -1.1, 2.3], dtype=pos.dtype)
+    e1, f1 = call_exported(module, pos + shift, z, cell, pbc)  # translated, and partly outside the box
+    assert abs(float(e1 - e0)) < 1e-8 and torch.allclose(f1, f0, atol=1e-8)
+    wrapped = pos + shift - torch.floor((pos + shift) @ torch.linalg.inv(cell)) @ cell
+    e2, f2 = call_exported(module, wrapped, z, cell, pbc)
+    assert abs(float(e2 - e0)) < 1e-8 and torch.allclose(f2, f0, atol=1e-8)
+    perm = torch.randperm(len(z), generator=torch.Generator().manual_seed(0))
+    e3, f3 = call_exported(module, pos[perm], z[perm], cell, pbc)
+    assert abs(float(e3 - e0)) < 1e-8 and torch.allclose(f3, f0[perm], atol=1e-8)
+    # rotation: an open cluster (a periodic cell would rotate with it)
+    open_pbc = torch.tensor([False] * 3)
+    cluster = pos[:24]
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(1), dtype=pos.dtype))
+    e4, f4 = call_exported(module, cluster, z[:24], torch.zeros_like(cell), open_pbc)
+    e5, f5 = call_exported(module, cluster @ q.T, z[:24], torch.zeros_like(cell), open_pbc)
+    assert abs(float(e5 - e4)) < 1e-8 and torch.allclose(f5, f4 @ q.T, atol=1e-8)
