@@ -203,7 +203,9 @@ def neighbor_list(
             wrap = atom_periodic.view(-1, 1, 1)
             nb_coord = torch.where(wrap, raw - bin_shift * nb, nb_coord)
             valid_bin = atom_periodic.unsqueeze(1) | inside
-    nb_id = offset[batch].unsqueeze(1) + (nb_coord * atom_strides.unsqueeze(1)).sum(dim=2)  # [n, 27]
+    # (elementwise products: a sum over a last dim of 3 is a slow reduction on CPU)
+    nb_id = (offset[batch].unsqueeze(1) + nb_coord[:, :, 0] * atom_strides[:, :1]
+             + nb_coord[:, :, 1] * atom_strides[:, 1:2] + nb_coord[:, :, 2])  # [n, 27]
 
     # Candidate slots inside each neighbouring bin, [n * 27, max_count]; one nonzero() picks
     # the occupied ones, and only those are gathered (boolean masks on big tensors are slow).
@@ -211,15 +213,18 @@ def neighbor_list(
     nb_count = torch.where(valid_bin, counts[nb_id], torch.zeros_like(nb_id)).reshape(-1)
     occupied = (slot.unsqueeze(0) < nb_count.unsqueeze(1)).reshape(-1).nonzero().squeeze(1)
     pair_bin = torch.div(occupied, max_count, rounding_mode="floor")  # index into n * 27
-    j_idx = order[starts[nb_id].reshape(-1)[pair_bin] + (occupied - pair_bin * max_count)]
+    # index_select: the hot gathers (over every candidate pair) are faster than indexing
+    first = torch.index_select(starts[nb_id].reshape(-1), 0, pair_bin)
+    j_idx = torch.index_select(order, 0, first + (occupied - pair_bin * max_count))
     i_idx = torch.div(pair_bin, 27, rounding_mode="floor")
     shift_int = bin_shift.reshape(-1, 3).to(dtype)
     # Cartesian shift of every (atom, neighbouring bin): bin_shift is in {-1, 0, 1}^3, so it is
     # looked up in a per-frame table of the 27 lattice vectors S @ cell ([G * 27, 3] Å).
     table = torch.matmul(_offsets(device).to(dtype).unsqueeze(0), cel).reshape(-1, 3)
-    code = ((bin_shift + 1) * torch.tensor([9, 3, 1], device=device)).sum(dim=2) + 27 * batch.unsqueeze(1)
-    shift_vec = table[code.reshape(-1)]  # [n * 27, 3] Å
-    vec = pos_wrapped[j_idx] - pos_wrapped[i_idx] + shift_vec[pair_bin]
+    code = 9 * bin_shift[:, :, 0] + 3 * bin_shift[:, :, 1] + bin_shift[:, :, 2] + (13 + 27 * batch).unsqueeze(1)
+    shift_vec = torch.index_select(table, 0, code.reshape(-1))  # [n * 27, 3] Å
+    vec = (torch.index_select(pos_wrapped, 0, j_idx) - torch.index_select(pos_wrapped, 0, i_idx)
+           + torch.index_select(shift_vec, 0, pair_bin))
     dist2 = (vec * vec).sum(dim=1)
     # Offset 13 is (0, 0, 0): the atom's own bin and image, where i == j is the atom itself.
     self_pair = (i_idx == j_idx) & (pair_bin - i_idx * 27 == 13)
