@@ -183,7 +183,8 @@ def neighbor_list(
 
     # Neighbouring bins of every atom: [n, 27, 3] raw bin coordinates, wrapped (periodic) or
     # dropped when outside the box (open).
-    raw = bin_coord.unsqueeze(1) + _offsets(device).unsqueeze(0)
+    offsets = _offsets(device)
+    raw = bin_coord.unsqueeze(1) + offsets.unsqueeze(0)
     nb = atom_bins.unsqueeze(1)
     all_periodic, all_open = bool(periodic.all()), not bool(periodic.any())
     if all_open:  # the common batches get one branch each, mixed ones both
@@ -220,7 +221,7 @@ def neighbor_list(
     shift_int = bin_shift.reshape(-1, 3).to(dtype)
     # Cartesian shift of every (atom, neighbouring bin): bin_shift is in {-1, 0, 1}^3, so it is
     # looked up in a per-frame table of the 27 lattice vectors S @ cell ([G * 27, 3] Å).
-    table = torch.matmul(_offsets(device).to(dtype).unsqueeze(0), cel).reshape(-1, 3)
+    table = torch.matmul(offsets.to(dtype).unsqueeze(0), cel).reshape(-1, 3)
     code = 9 * bin_shift[:, :, 0] + 3 * bin_shift[:, :, 1] + bin_shift[:, :, 2] + (13 + 27 * batch).unsqueeze(1)
     shift_vec = torch.index_select(table, 0, code.reshape(-1))  # [n * 27, 3] Å
     vec = (torch.index_select(pos_wrapped, 0, j_idx) - torch.index_select(pos_wrapped, 0, i_idx)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from maskpot.data.neighbors import make_neighbor_list, neighbor_list
 from maskpot.deploy.export import DTYPES, MAX_Z, METADATA_FILE, check_inputs
+from maskpot.models.common import species_checks_disabled
 from maskpot.utils import PathLike, atomic_path
 
 MAX_ATOMS = 10_000_000
@@ -83,13 +84,11 @@ def compile_pt2(model: torch.nn.Module, path: PathLike, metadata: Mapping[str, A
     from torch.fx.experimental.proxy_tensor import make_fx
 
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    for m in model.modules():
-        if hasattr(m, "check_species"):
-            m.check_species = False  # Pt2Potential validates the species before every call
     core = _CompiledCore(model).eval()
     example = _example_inputs(model, dtype)
     try:
-        traced = make_fx(core, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+        with species_checks_disabled(model):  # Pt2Potential validates the species before every call
+            traced = make_fx(core, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
         n_atoms = torch.export.Dim("n_atoms", min=2, max=MAX_ATOMS)
         n_edges = torch.export.Dim("n_edges", min=2, max=MAX_EDGES)
         program = torch.export.export(

@@ -10,8 +10,9 @@ Everything here is TorchScript-compatible and vectorised (no Python loop over at
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -182,6 +183,22 @@ class RadialEmbedding(nn.Module):
 # --------------------------------------------------------------------------------------------
 # species and normalisation
 # --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def species_checks_disabled(model: nn.Module) -> Iterator[None]:
+    """Turn off the data-dependent unknown-species check of every embedding in ``model`` while
+    it is traced (torch.export / make_fx cannot branch on data); the caller validates species
+    itself (``Pt2Potential``) or traces frames already checked when loaded (training)."""
+    embeddings = [m for m in model.modules() if isinstance(m, SpeciesEmbedding)]
+    saved = [m.check_species for m in embeddings]
+    for m in embeddings:
+        m.check_species = False
+    try:
+        yield
+    finally:
+        for m, s in zip(embeddings, saved):
+            m.check_species = s
 
 
 class SpeciesEmbedding(nn.Module):

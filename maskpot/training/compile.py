@@ -18,13 +18,12 @@ the trainer logs (a run never fails because it asked for compilation).
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-log = logging.getLogger(__name__)
+from maskpot.models.common import species_checks_disabled
 
 # Batch keys the models read besides the graph structure, and the per-atom optional ones.
 _ATOM_KEYS = ("mask", "mask_numbers")
@@ -77,7 +76,7 @@ class CompiledForward:
         self.model = model
         self.names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
         self.keys = tuple(k for k in _ATOM_KEYS if k in batch)
-        self.n_outputs = 0
+        self.out_keys: List[str] = []  # set by the trace
         # cpp_wrapper: the compiled graph's kernel calls from C++, not Python (the steps of
         # rMD17 molecules are ~200 small kernels: measured 20.5 -> 9.5 ms forward, TensorNet 64x2)
         self.graph = torch.compile(self._trace(batch), dynamic=True, fullgraph=True,
@@ -108,29 +107,19 @@ class CompiledForward:
                     "batch": batch_index, "edge_index": edge_index, "shifts": shifts}
             data.update(dict(zip(keys, extra)))
             out = torch.func.functional_call(model, dict(zip(names, state)), (data,), strict=True)
-            return tuple(out[k] for k in _OUTPUT_KEYS if k in out)
+            self.out_keys = [k for k in _OUTPUT_KEYS if k in out]  # what the graph returns, in order
+            return tuple(out[k] for k in self.out_keys)
 
         state = self._state()
         inputs = self._inputs(batch)
         # dynamic dims: atoms (positions, numbers, batch, per-atom keys), frames (cell), edges
         dynamic = [()] * n_state + [(0,), (0,), (0,), (0,), (1,), (0,)] + [(0,)] * len(keys)
         mode, fakes = _symbolic_fakes(state + inputs, dynamic)
-        checks = [m for m in model.modules() if hasattr(m, "check_species")]
-        saved = [m.check_species for m in checks]
-        for m in checks:
-            m.check_species = False  # data-dependent; the training data were checked when loaded
-        try:
-            with mode:
-                graph = make_fx(step, tracing_mode="symbolic")(*fakes)
-        finally:
-            for m, s in zip(checks, saved):
-                m.check_species = s
+        # the species check is data-dependent; the training frames were checked when loaded
+        with species_checks_disabled(model), mode:
+            graph = make_fx(step, tracing_mode="symbolic")(*fakes)
         _reattach_saved_outputs(graph)
-        self.out_keys = [k for k in _OUTPUT_KEYS if k in self._eager_keys(batch)]
         return graph
-
-    def _eager_keys(self, batch: Dict[str, Tensor]) -> Sequence[str]:
-        return ("energy", "forces", "vectors") if getattr(self.model, "vector_head", False) else ("energy", "forces")
 
     def __call__(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
         if tuple(k for k in _ATOM_KEYS if k in batch) != self.keys:
